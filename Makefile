@@ -1,0 +1,25 @@
+# hybrid — ultra-low-dose CT enhancement.  `make demo` and `make test` do all set-up.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint demo data clean
+
+setup: $(STAMP)
+
+# Re-install only when the dependency list changes: fast when already done.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check hybrid tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,96 @@
+"""The project's own HDF5 layout (h5py).
+
+Layout (format ``hybrid-volume``, version 1)::
+
+    /volume            float32 (z, y, x), HU, gzip-compressed, one chunk per slice
+      attrs: format="hybrid-volume", version=1, units="HU", axes="zyx",
+             spacing=[dz, dy, dx] (mm), provenance=<JSON of hybrid.Provenance>
+
+Extra named arrays (e.g. ``lung_mask``, ``nd``) may sit beside ``/volume``
+with the same shape; :func:`read_hdf5` reads ``/volume`` unless told
+otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hybrid.io._atomic import atomic_file
+from hybrid.volume import Provenance, Volume
+
+FORMAT = "hybrid-volume"
+VERSION = 1
+
+
+def read_hdf5(path: str | os.PathLike, *, dataset: str = "volume") -> Volume:
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"Expected a readable HDF5 file; {path} failed to open: {exc}") from exc
+    with f:
+        if dataset not in f:
+            raise ValueError(
+                f"Expected a dataset '/{dataset}' in {path} (hybrid HDF5 layout); "
+                f"received datasets {sorted(f.keys())}. Write it with hybrid.save()."
+            )
+        ds = f[dataset]
+        fmt = ds.attrs.get("format", "")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT:
+            raise ValueError(
+                f"Expected format '{FORMAT}' on /{dataset} in {path}; received '{fmt}'. "
+                "This file was not written by hybrid."
+            )
+        version = int(ds.attrs.get("version", 0))
+        if version > VERSION:
+            raise ValueError(
+                f"Expected {FORMAT} version ≤ {VERSION}; received version {version} in {path}. "
+                "Upgrade hybrid."
+            )
+        arr = ds[...]
+        spacing = tuple(float(s) for s in ds.attrs["spacing"])
+        prov_json = json.loads(ds.attrs.get("provenance", "{}"))
+    prov_json["slice_headers"] = tuple(prov_json.get("slice_headers", ()))
+    prov_json["derived_from"] = tuple(prov_json.get("derived_from", ()))
+    prov = Provenance(**prov_json)
+    return Volume(arr, spacing, prov)
+
+
+def write_hdf5(
+    volume: Volume,
+    path: str | os.PathLike,
+    *,
+    extra: dict[str, np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    import h5py
+
+    path = Path(path)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            chunks = (1,) + volume.shape[1:]
+            ds = f.create_dataset("volume", data=volume.array, chunks=chunks, compression="gzip",
+                                  compression_opts=4, shuffle=True)
+            ds.attrs["format"] = FORMAT
+            ds.attrs["version"] = VERSION
+            ds.attrs["units"] = "HU"
+            ds.attrs["axes"] = "zyx"
+            ds.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
+            ds.attrs["provenance"] = json.dumps(dataclasses.asdict(volume.provenance))
+            for name, arr in (extra or {}).items():
+                arr = np.asarray(arr)
+                if arr.shape != volume.shape:
+                    raise ValueError(
+                        f"Expected extra array '{name}' of shape {volume.shape}; received {arr.shape}."
+                    )
+                f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", shuffle=True)
+    return path

@@ -1,0 +1,165 @@
+"""The one array contract of the project: a CT volume in Hounsfield units.
+
+A :class:`Volume` is a float32 array with axes ``(z, y, x)``, the voxel
+spacing ``(z, y, x)`` in millimetres and the provenance needed to trace it
+back to its source (and to write a derived DICOM series next to it).
+
+Only :mod:`hybrid.io` converts stored values to HU and back; everything else
+works on Volumes or on plain float32 arrays in HU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Volume", "Provenance", "as_hu_array"]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a volume came from.
+
+    Parameters
+    ----------
+    source : str or None
+        Path of the file or folder it was read from.
+    modality : str
+        DICOM modality ("CT" for everything this product accepts).
+    series_uid : str or None
+        SeriesInstanceUID of the source series, if any.
+    kernel : str or None
+        Reconstruction kernel (DICOM ConvolutionKernel), if known.
+    description : str or None
+        SeriesDescription of the source, if any.
+    slice_headers : tuple of dict
+        One dict per slice (in the volume's z order) holding the DICOM
+        attributes needed to write a derived series: SOP and study UIDs,
+        positions, orientation, rescale, bits.  Empty for non-DICOM sources.
+    derived_from : tuple of str
+        Processing steps applied since the source (e.g. ``"hybrid.enhance 0.1.0"``).
+    """
+
+    source: str | None = None
+    modality: str = "CT"
+    series_uid: str | None = None
+    kernel: str | None = None
+    description: str | None = None
+    slice_headers: tuple[dict[str, Any], ...] = ()
+    derived_from: tuple[str, ...] = ()
+
+
+def as_hu_array(array: Any, *, name: str = "array") -> np.ndarray:
+    """Return ``array`` as a finite float32 array, or raise a clear error."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"Expected a numeric {name} in HU; received dtype {arr.dtype}. "
+            "Convert the data to numbers (e.g. np.asarray(x, dtype=np.float32))."
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(
+            f"Expected finite HU values in {name}; received {bad} NaN/inf value(s) "
+            f"out of {arr.size}. Replace them (e.g. np.nan_to_num(x, nan=-1000.0)) before use."
+        )
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A CT volume in HU with axes (z, y, x) and spacing (z, y, x) in mm.
+
+    Parameters
+    ----------
+    array : ndarray of shape (Z, Y, X)
+        Values in Hounsfield units; stored as float32.
+    spacing : tuple of 3 float
+        Voxel spacing (z, y, x) in millimetres, all strictly positive.
+    provenance : Provenance
+        Source, modality, series UID, kernel and per-slice headers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = Volume(np.full((2, 4, 4), -1000.0), spacing=(2.5, 0.7, 0.7))
+    >>> v.shape, v.array.dtype
+    ((2, 4, 4), dtype('float32'))
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def __post_init__(self) -> None:
+        arr = as_hu_array(self.array, name="Volume.array")
+        if arr.ndim != 3:
+            raise ValueError(
+                f"Expected a 3-D array with axes (z, y, x); received shape {arr.shape} "
+                f"(rank {arr.ndim}). For one slice use array[np.newaxis]."
+            )
+        if min(arr.shape) < 1:
+            raise ValueError(f"Expected a non-empty volume; received shape {arr.shape}.")
+        try:
+            spacing = tuple(float(s) for s in self.spacing)
+        except TypeError as exc:
+            raise ValueError(
+                f"Expected spacing as 3 numbers (z, y, x) in mm; received {self.spacing!r}."
+            ) from exc
+        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(
+                f"Expected 3 strictly positive spacings (z, y, x) in mm; received {self.spacing!r}."
+            )
+        if not isinstance(self.provenance, Provenance):
+            raise ValueError(
+                f"Expected provenance to be a hybrid.Provenance; received {type(self.provenance).__name__}."
+            )
+        headers = self.provenance.slice_headers
+        if headers and len(headers) != arr.shape[0]:
+            raise ValueError(
+                f"Expected one slice header per slice; received {len(headers)} headers "
+                f"for {arr.shape[0]} slices."
+            )
+        object.__setattr__(self, "array", np.ascontiguousarray(arr))
+        object.__setattr__(self, "spacing", spacing)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.array.shape  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def __repr__(self) -> str:
+        src = self.provenance.source or "<array>"
+        return (
+            f"Volume(shape={self.shape}, spacing={tuple(round(s, 4) for s in self.spacing)}, "
+            f"modality={self.provenance.modality!r}, source={src!r})"
+        )
+
+    def with_array(self, array: np.ndarray, step: str | None = None) -> Volume:
+        """A new Volume with the same spacing and provenance and another array.
+
+        ``step`` (e.g. ``"hybrid.enhance 0.1.0"``) is appended to
+        ``provenance.derived_from``.  The shape must not change.
+        """
+        array = np.asarray(array)
+        if array.shape != self.shape:
+            raise ValueError(
+                f"Expected an array of the volume's shape {self.shape}; received {array.shape}."
+            )
+        prov = self.provenance
+        if step:
+            prov = dataclasses.replace(prov, derived_from=prov.derived_from + (step,))
+        return Volume(array, self.spacing, prov)
+
+    def slab(self, start: int, stop: int) -> Volume:
+        """Slices ``start:stop`` as a Volume (headers cut accordingly)."""
+        prov = self.provenance
+        if prov.slice_headers:
+            prov = dataclasses.replace(prov, slice_headers=prov.slice_headers[start:stop])
+        return Volume(self.array[start:stop], self.spacing, prov)
