@@ -1,0 +1,459 @@
+"""Whole-slice inference with the lung/body CNN pair (imports TensorFlow).
+
+The lung model and the body model each run on whole slices (fully convolutional, any
+size), in slice batches so that memory stays bounded for any number of slices.  Their
+outputs are joined by a blend weight ``w = gaussian(lung_mask, sigma)``:
+``out = w * lung + (1 - w) * body``, so the transition at the lung border is smooth
+(no seam).  The lung model runs only on slices that contain lung, cropped to the lungs
+plus the transition band plus its receptive field (which gives the same result there as
+running it on the whole slice).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy.ndimage import gaussian_filter
+
+from hybrid.cnn.config import CNNConfig
+from hybrid.cnn.models import build_model, predict_hu
+from hybrid.volume import Volume, as_hu_array
+
+try:  # the project's common proposal type
+    from hybrid.proposal import Proposal
+except ImportError:  # pragma: no cover - fallback if the lead's module is absent
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, eq=False)
+    class Proposal:  # type: ignore[no-redef]
+        """A proposed normal-dose image with an optional per-pixel confidence map."""
+
+        image: np.ndarray
+        confidence: np.ndarray | None = None
+        name: str = ""
+
+
+__all__ = ["CNNPair", "Proposal", "blend_weight", "FORMAT_VERSION"]
+
+FORMAT = "hybrid.cnn.CNNPair"
+FORMAT_VERSION = 1
+_FILES = {
+    "lung_weights": "lung.weights.h5",
+    "body_weights": "body.weights.h5",
+    "lung_config": "lung.config.json",
+    "body_config": "body.config.json",
+}
+_TRUNCATE = 4.0
+
+
+def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
+    """Weight of the lung model per pixel: the lung mask smoothed in-plane.
+
+    Parameters
+    ----------
+    lung_mask : ndarray of bool, (Z, Y, X) or (Y, X)
+        Lung mask.
+    sigma : float
+        Gaussian standard deviation in pixels (in-plane only; 0 gives a hard mask).
+
+    Returns
+    -------
+    ndarray of float32 in [0, 1], same shape
+        1 deep inside the lungs, 0 farther than ``4 * sigma`` outside, 0.5 at a straight border.
+    """
+    m = np.asarray(lung_mask, dtype=np.float32)
+    if sigma < 0:
+        raise ValueError(
+            f"Invalid value for argument `sigma`. Expected a non-negative value. Received sigma={sigma}"
+        )
+    if sigma == 0:
+        return m
+    sig = (0.0,) * (m.ndim - 2) + (float(sigma), float(sigma))
+    w = gaussian_filter(m, sigma=sig, mode="nearest", truncate=_TRUNCATE)
+    return np.clip(w, 0.0, 1.0, out=w)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hybrid_version() -> str:
+    try:
+        from hybrid import __version__
+
+        return __version__
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+class CNNPair:
+    """The lung model and the body model with their configurations and metadata.
+
+    Parameters
+    ----------
+    lung_model, body_model : keras.Model
+        Fully convolutional models as made by :func:`~hybrid.cnn.models.build_model`.
+    lung_config, body_config : CNNConfig
+        Their configurations (``region`` "lung" and "body").
+    metadata : dict, optional
+        JSON-serialisable information saved with the pair, e.g. ``data_manifest``
+        (see :func:`~hybrid.cnn.train.data_manifest`) and validation scores.
+
+    Examples
+    --------
+    >>> pair = CNNPair.build(CNNConfig.for_region("lung"), CNNConfig.for_region("body"))  # doctest: +SKIP
+    >>> prop = pair.propose(volume, lung_mask)                                           # doctest: +SKIP
+    >>> prop.image.shape == volume.shape                                                 # doctest: +SKIP
+    True
+    """
+
+    def __init__(
+        self,
+        lung_model: keras.Model,
+        body_model: keras.Model,
+        *,
+        lung_config: CNNConfig,
+        body_config: CNNConfig,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        for key, cfg, region in (
+            ("lung_config", lung_config, "lung"),
+            ("body_config", body_config, "body"),
+        ):
+            if not isinstance(cfg, CNNConfig):
+                raise ValueError(
+                    f"Invalid value for argument `{key}`. Expected a CNNConfig. Received type {type(cfg).__name__}"
+                )
+            if cfg.region != region:
+                raise ValueError(
+                    f"Invalid value for argument `{key}`. Expected region={region!r}. Received region={cfg.region!r}"
+                )
+        self.lung_model = lung_model
+        self.body_model = body_model
+        self.lung_config = lung_config
+        self.body_config = body_config
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        #: versions and time recorded by :meth:`save` (filled by :meth:`load`)
+        self.saved_info: dict[str, Any] = {}
+        self._fns: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        lc, bc = self.lung_config, self.body_config
+        return (
+            f"CNNPair(lung={lc.depth}x{lc.width} k{lc.kernel_size}, "
+            f"body={bc.depth}x{bc.width} k{bc.kernel_size})"
+        )
+
+    @classmethod
+    def build(
+        cls, lung_config: CNNConfig, body_config: CNNConfig, *, seed: int = 0, metadata=None
+    ) -> CNNPair:
+        """A pair of freshly initialised (untrained) models."""
+        return cls(
+            build_model(lung_config, seed=seed),
+            build_model(body_config, seed=seed + 1),
+            lung_config=lung_config,
+            body_config=body_config,
+            metadata=metadata,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write weights, configuration JSON and ``metadata.json`` to ``directory``.
+
+        The folder is written beside its destination and renamed into place, so a crash
+        leaves no half-written model.  ``metadata.json`` records the format version, the
+        hybrid/TensorFlow/Keras versions, the metadata (data manifest) and the SHA-256 of
+        every file, which :meth:`load` checks.
+        """
+        directory = Path(directory)
+        if directory.exists() and not overwrite:
+            raise FileExistsError(
+                f"Expected a new model folder; {directory} already exists. Choose another "
+                "folder, remove it, or pass overwrite=True."
+            )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.lung_model.save_weights(str(tmp / _FILES["lung_weights"]))
+            self.body_model.save_weights(str(tmp / _FILES["body_weights"]))
+            self.lung_config.to_json(tmp / _FILES["lung_config"])
+            self.body_config.to_json(tmp / _FILES["body_config"])
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "hybrid_version": _hybrid_version(),
+                "tensorflow_version": tf.__version__,
+                "keras_version": keras.__version__,
+                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+                "files": {k: {"name": v, "sha256": _sha256(tmp / v)} for k, v in _FILES.items()},
+                "lung_config": self.lung_config.to_dict(),
+                "body_config": self.body_config.to_dict(),
+                "metadata": self.metadata,
+            }
+            (tmp / "metadata.json").write_text(
+                json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+            )
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        expected_manifest: list[dict[str, Any]] | None = None,
+    ) -> CNNPair:
+        """Load a pair saved by :meth:`save`, checking it first.
+
+        Parameters
+        ----------
+        directory : str or PathLike
+            Folder written by :meth:`save`.
+        expected_manifest : list of dict, optional
+            If given, the saved ``data_manifest`` must equal it.
+
+        Raises
+        ------
+        FileNotFoundError
+            The folder or one of its files is missing.
+        ValueError
+            Unknown format or newer format version, other Keras major version, a file
+            that changed since saving, a configuration that does not match its region,
+            its weights or ``metadata.json``, or a data manifest other than expected.
+        """
+        directory = Path(directory)
+        meta_path = directory / "metadata.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"Expected a CNN pair folder with metadata.json; {meta_path} does not exist. "
+                "Pass the folder written by CNNPair.save()."
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Cannot read {meta_path}: not valid JSON ({exc}).") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"Expected format {FORMAT!r} in {meta_path}; received {meta.get('format')!r}. "
+                "This folder was not written by CNNPair.save()."
+            )
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise ValueError(
+                f"Unsupported CNN pair format_version={version!r} in {meta_path}; this hybrid "
+                f"({_hybrid_version()}) reads versions 1..{FORMAT_VERSION}. Upgrade hybrid."
+            )
+        saved_keras = str(meta.get("keras_version", "0"))
+        if saved_keras.split(".")[0] != keras.__version__.split(".")[0]:
+            raise ValueError(
+                f"The CNN pair in {directory} was saved with Keras {saved_keras}; this is Keras "
+                f"{keras.__version__} (another major version). Use a matching Keras."
+            )
+        files = meta.get("files", {})
+        for key, name in _FILES.items():
+            path = directory / name
+            if not path.is_file():
+                raise FileNotFoundError(f"Expected {path} in the CNN pair folder; it is missing.")
+            want = files.get(key, {}).get("sha256")
+            if want != _sha256(path):
+                raise ValueError(
+                    f"{path} does not match metadata.json (SHA-256 differs): the file changed "
+                    "after saving. Re-save the pair, or restore the original file."
+                )
+        configs = {}
+        for region in ("lung", "body"):
+            cfg = CNNConfig.from_json(directory / _FILES[f"{region}_config"])
+            if cfg.to_dict() != meta.get(f"{region}_config"):
+                raise ValueError(
+                    f"{_FILES[f'{region}_config']} does not match the {region}_config recorded in metadata.json."
+                )
+            if cfg.region != region:
+                raise ValueError(
+                    f"Expected region={region!r} in {_FILES[f'{region}_config']}; received {cfg.region!r}."
+                )
+            configs[region] = cfg
+        user_meta = meta.get("metadata", {})
+        if expected_manifest is not None and user_meta.get("data_manifest") != expected_manifest:
+            raise ValueError(
+                f"The CNN pair in {directory} was trained on other data than expected: its "
+                "data_manifest differs from expected_manifest."
+            )
+        models = {}
+        for region in ("lung", "body"):
+            model = build_model(configs[region], seed=None)
+            try:
+                model.load_weights(str(directory / _FILES[f"{region}_weights"]))
+            except Exception as exc:
+                raise ValueError(
+                    f"The {region} weights in {directory} do not fit the {region} configuration "
+                    f"(depth={configs[region].depth}, width={configs[region].width}, "
+                    f"kernel_size={configs[region].kernel_size}): {exc}"
+                ) from exc
+            models[region] = model
+        pair = cls(
+            models["lung"],
+            models["body"],
+            lung_config=configs["lung"],
+            body_config=configs["body"],
+            metadata=user_meta,
+        )
+        pair.saved_info = {
+            k: meta.get(k)
+            for k in ("hybrid_version", "tensorflow_version", "keras_version", "created_utc")
+        }
+        return pair
+
+    # ------------------------------------------------------------------ inference
+    def _fn(self, region: str):
+        fn = self._fns.get(region)
+        if fn is None:
+            model = self.lung_model if region == "lung" else self.body_model
+
+            @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+            def fn(x):
+                return model(x, training=False)
+
+            self._fns[region] = fn
+        return fn
+
+    def predict_region(self, region: str, slices: np.ndarray) -> np.ndarray:
+        """Run one model on a stack of whole slices (one batch) and return HU.
+
+        Parameters
+        ----------
+        region : {"lung", "body"}
+        slices : ndarray (N, Y, X) float32 HU
+
+        Returns
+        -------
+        ndarray (N, Y, X) float32
+            The model's normal-dose estimate in HU.  For residual models the predicted
+            residual is added to the input in HU (exact also outside a clipping window).
+        """
+        if region == "lung":
+            return predict_hu(self.lung_model, self.lung_config, slices, fn=self._fn("lung"))
+        if region == "body":
+            return predict_hu(self.body_model, self.body_config, slices, fn=self._fn("body"))
+        raise ValueError(
+            f"Invalid value for argument `region`. Expected 'lung' or 'body'. Received region={region!r}"
+        )
+
+    def propose(
+        self,
+        volume_or_slice: Volume | np.ndarray,
+        lung_mask: np.ndarray,
+        *,
+        batch_size: int = 4,
+        transition_sigma: float = 3.0,
+        confidence: str | None = None,
+    ) -> Proposal:
+        """Propose a normal-dose image for a volume or a single slice.
+
+        Parameters
+        ----------
+        volume_or_slice : Volume or ndarray (Z, Y, X) or (Y, X)
+            Ultra-low-dose input in HU.
+        lung_mask : ndarray of bool, same shape
+            Lung mask (routes pixels to the lung model).
+        batch_size : int
+            Slices per model call (bounds memory: about ``batch_size * Y * X * width * 8`` bytes).
+        transition_sigma : float
+            Width (pixels) of the smooth lung/body transition, see :func:`blend_weight`.
+        confidence : {None, "flip"}
+            None: no confidence map.  "flip": also run on left-right mirrored slices and
+            return the absolute difference in HU between the two estimates (low means
+            confident, like the dictionary's distance); doubles the run time.
+
+        Returns
+        -------
+        Proposal
+            ``image`` float32 HU of the input's shape, ``confidence`` as above, ``name="cnn"``.
+        """
+        arr = (
+            volume_or_slice.array
+            if isinstance(volume_or_slice, Volume)
+            else as_hu_array(volume_or_slice, name="volume_or_slice")
+        )
+        if arr.ndim not in (2, 3):
+            raise ValueError(
+                f"Expected a slice (Y, X) or a volume (Z, Y, X); received shape {arr.shape}."
+            )
+        mask = np.asarray(lung_mask.array if isinstance(lung_mask, Volume) else lung_mask)
+        if mask.shape != arr.shape:
+            raise ValueError(
+                f"Expected lung_mask of the image's shape {arr.shape}; received {mask.shape}."
+            )
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(
+                f"Invalid value for argument `batch_size`. Expected a strictly positive value. Received batch_size={batch_size}"
+            )
+        if confidence not in (None, "flip"):
+            raise ValueError(
+                f"Invalid value for argument `confidence`. Expected None or 'flip'. Received confidence={confidence!r}"
+            )
+        squeeze = arr.ndim == 2
+        vol = arr[np.newaxis] if squeeze else arr
+        mask = mask[np.newaxis] if squeeze else mask
+        out = np.empty(vol.shape, np.float32)
+        conf = np.empty(vol.shape, np.float32) if confidence else None
+        reach = (
+            int(np.ceil(_TRUNCATE * transition_sigma)) + 1 + self.lung_config.receptive_field // 2
+        )
+        for start in range(0, vol.shape[0], batch_size):
+            s = slice(start, start + batch_size)
+            x = vol[s]
+            w = blend_weight(mask[s].astype(bool), sigma=transition_sigma)
+            body = self._run("body", x, flip=False)
+            body_f = self._run("body", x, flip=True) if confidence else None
+            lung_rows = np.flatnonzero(w.reshape(len(x), -1).max(axis=1) > 1e-6)
+            res = body.copy()
+            res_f = body_f.copy() if confidence else None
+            if lung_rows.size:
+                ys, xs = np.nonzero(mask[s][lung_rows].any(axis=0))
+                y0, y1 = max(ys.min() - reach, 0), min(ys.max() + 1 + reach, x.shape[1])
+                x0, x1 = max(xs.min() - reach, 0), min(xs.max() + 1 + reach, x.shape[2])
+                crop = (lung_rows, slice(y0, y1), slice(x0, x1))
+                sub_w = w[crop]
+                lung = self._run("lung", x[crop], flip=False)
+                res[crop] = sub_w * lung + (1 - sub_w) * body[crop]
+                if confidence:
+                    lung_f = self._run("lung", x[crop], flip=True)
+                    res_f[crop] = sub_w * lung_f + (1 - sub_w) * body_f[crop]
+            out[s] = res
+            if confidence:
+                conf[s] = np.abs(res - res_f)
+        if squeeze:
+            out = out[0]
+            conf = conf[0] if conf is not None else None
+        return Proposal(image=out, confidence=conf, name="cnn")
+
+    def _run(self, region: str, x: np.ndarray, *, flip: bool) -> np.ndarray:
+        if not flip:
+            return self.predict_region(region, np.ascontiguousarray(x))
+        return self.predict_region(region, np.ascontiguousarray(x[..., ::-1]))[..., ::-1]

@@ -1,0 +1,179 @@
+"""Keras model builders for the lung and body CNN regressors (imports TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from hybrid.cnn.config import CNNConfig
+
+__all__ = [
+    "predict_hu",
+    "build_model",
+    "compile_model",
+    "set_threads",
+    "get_strategy",
+    "HURootMeanSquaredError",
+]
+
+
+def set_threads(n: int | None = 2) -> bool:
+    """Limit TensorFlow's CPU thread pools to ``n`` threads.
+
+    Must run before TensorFlow executes its first op; afterwards TensorFlow refuses and
+    this returns False (the environment variables set here still help child processes).
+
+    Parameters
+    ----------
+    n : int or None
+        Threads for both intra- and inter-op pools; None leaves TensorFlow's default.
+
+    Returns
+    -------
+    bool
+        True if the limit took effect in this process.
+    """
+    if n is None:
+        return False
+    if int(n) < 1:
+        raise ValueError(
+            f"Invalid value for argument `n`. Expected a strictly positive value. Received n={n}"
+        )
+    n = int(n)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(n))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        return (
+            tf.config.threading.get_intra_op_parallelism_threads() == n
+            and tf.config.threading.get_inter_op_parallelism_threads() == n
+        )
+    return True
+
+
+def get_strategy() -> tf.distribute.Strategy:
+    """``MirroredStrategy`` over all visible GPUs when there are more than one, else the default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    return tf.distribute.get_strategy()
+
+
+def build_model(config: CNNConfig, *, seed: int | None = 0) -> keras.Model:
+    """Build the fully convolutional regressor described by ``config``.
+
+    Parameters
+    ----------
+    config : CNNConfig
+        Architecture and normalisation.
+    seed : int or None
+        Seed of the weight initialisers (None: non-deterministic).
+
+    Returns
+    -------
+    keras.Model
+        Input and output of shape ``(batch, height, width, 1)`` in normalised units,
+        any height and width.
+    """
+    if not isinstance(config, CNNConfig):
+        raise ValueError(
+            "Invalid value for argument `config`. Expected a hybrid.cnn.CNNConfig. "
+            f"Received type {type(config).__name__}"
+        )
+
+    def init(i: int) -> keras.initializers.Initializer:
+        return keras.initializers.HeNormal(seed=None if seed is None else seed + i)
+
+    inputs = keras.Input(shape=(None, None, 1), name="uld")
+    x = inputs
+    dil = config.dilations
+    for i in range(config.depth - 1):
+        x = layers.Conv2D(
+            config.width,
+            config.kernel_size,
+            padding="same",
+            dilation_rate=dil[i],
+            use_bias=not config.batch_norm,
+            kernel_initializer=init(i),
+            name=f"conv{i}",
+        )(x)
+        if config.batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.Activation(config.activation, name=f"act{i}")(x)
+    last_init = "zeros" if config.residual else init(config.depth)
+    x = layers.Conv2D(
+        1,
+        config.kernel_size,
+        padding="same",
+        dilation_rate=dil[-1],
+        kernel_initializer=last_init,
+        name="residual" if config.residual else "output",
+    )(x)
+    if config.residual:
+        x = layers.Add(name="nd")([inputs, x])
+    name = f"hybrid_cnn_{config.name or config.region}".replace(" ", "_")
+    return keras.Model(inputs, x, name=name)
+
+
+class HURootMeanSquaredError(keras.metrics.RootMeanSquaredError):
+    """Root mean squared error reported in HU (normalised RMSE times ``hu_per_unit``)."""
+
+    def __init__(self, hu_per_unit: float = 1000.0, name: str = "rmse_hu", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.hu_per_unit = float(hu_per_unit)
+
+    def result(self):
+        return super().result() * self.hu_per_unit
+
+    def get_config(self):
+        return {**super().get_config(), "hu_per_unit": self.hu_per_unit}
+
+
+def compile_model(model: keras.Model, config: CNNConfig) -> keras.Model:
+    """Compile ``model`` with Adam, the configured loss and an RMSE-in-HU metric."""
+    loss = {
+        "mse": "mean_squared_error",
+        "mae": "mean_absolute_error",
+        "huber": keras.losses.Huber(delta=0.05),
+    }[config.loss]
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=loss,
+        metrics=[HURootMeanSquaredError(config.hu_per_unit)],
+    )
+    return model
+
+
+def predict_hu(model, config: CNNConfig, slices, *, fn=None):
+    """Run ``model`` on a stack of whole slices in HU and return its estimate in HU.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Model built from ``config``.
+    config : CNNConfig
+        Its configuration (normalisation, residual).
+    slices : ndarray (N, Y, X) float32 HU
+        One batch of slices, any Y and X.
+    fn : callable, optional
+        Compiled forward function (e.g. a ``tf.function``) to use instead of ``model``.
+
+    Returns
+    -------
+    ndarray (N, Y, X) float32 HU
+        For residual models the predicted residual is added to the input in HU, which is
+        exact also outside a clipping window.
+    """
+    slices = np.asarray(slices, dtype=np.float32)
+    x = config.normalize(slices)
+    forward = fn if fn is not None else (lambda t: model(t, training=False))
+    y = np.asarray(forward(tf.convert_to_tensor(x[..., None])))[..., 0]
+    if config.residual:
+        return slices + (y - x) * np.float32(config.hu_per_unit)
+    return config.denormalize(y)
