@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo data clean
+.PHONY: setup test lint demo data bench clean
 
 setup: $(STAMP)
 
@@ -23,3 +23,15 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# ---------------------------------------------------------------- data and demo
+DATA    ?= data
+FAST    ?= 0
+ifeq ($(FAST),1)
+DATA_ARGS ?= --patients 4 --slices 4 --size 256 --max-real-slices 4
+else
+DATA_ARGS ?= --patients 12 --slices 16 --size 512
+endif
+
+data: setup
+	$(VENV)/bin/hybrid data --out $(DATA) $(DATA_ARGS)

@@ -70,8 +70,13 @@ def write_hdf5(
     path: str | os.PathLike,
     *,
     extra: dict[str, np.ndarray] | None = None,
+    attrs: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
+    """Write ``volume`` (and same-shaped ``extra`` arrays) in the layout above.
+
+    ``attrs`` (JSON-able) is stored as the root attribute ``meta`` (JSON).
+    """
     import h5py
 
     path = Path(path)
@@ -86,6 +91,8 @@ def write_hdf5(
             ds.attrs["axes"] = "zyx"
             ds.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
             ds.attrs["provenance"] = json.dumps(dataclasses.asdict(volume.provenance))
+            if attrs:
+                f.attrs["meta"] = json.dumps(attrs)
             for name, arr in (extra or {}).items():
                 arr = np.asarray(arr)
                 if arr.shape != volume.shape:
