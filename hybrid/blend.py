@@ -75,7 +75,9 @@ class Blender:
         if self.mode == "hard":
             return (d < self.threshold).astype(np.float32)
         z = np.clip((d - self.threshold) / self.softness, -60, 60)
-        return (1.0 / (1.0 + np.exp(z))).astype(np.float32)
+        w = (1.0 / (1.0 + np.exp(z))).astype(np.float32)
+        w[np.isposinf(d)] = 0.0  # no match at all (outside the body): the CNN alone
+        return w
 
     def blend(self, cnn: Proposal, dictionary: Proposal) -> BlendResult:
         """Join the two proposals pixel by pixel."""

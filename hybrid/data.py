@@ -374,7 +374,7 @@ def overview_figure(root: str | os.PathLike, out: str | os.PathLike) -> Path:
             continue
         pick = next((e for e in entries if e[0]["case_id"] == prefer), entries[0])
         rows.append(load_case(pick[1]))
-    fig, axes = plt.subplots(len(rows), 5, figsize=(17, 3.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 5, figsize=(17, 4.0 * len(rows)), squeeze=False)
     for ax_row, case in zip(axes, rows):
         z = _pick_lung_slice(case)
         f = case.meta["dose_fraction"]

@@ -175,17 +175,12 @@ def _remove_large_airways(cand, arr, sm, bm, px, *, airway_hu, grow_mm):
                 continue
             lab, sizes, objs = labels[k]
             xc, half_w = centre[k]
-            foot = ndimage.binary_dilation(air[prev], structure=grow)
-            hit = np.unique(lab[foot & (lab > 0)])
+            hit = np.unique(lab[ndimage.binary_dilation(air[prev], structure=grow) & (lab > 0)])
             for i in hit:
                 sl = objs[i - 1]
                 cx = 0.5 * (sl[1].start + sl[1].stop - 1)
                 if sizes[i] <= a_max and abs(cx - xc) < 0.4 * half_w:
                     air[k][sl] |= lab[sl] == i
-                elif sizes[i] > a_max:
-                    # the airway merges with a lung in this slice: keep following
-                    # its lumen (air darker than lung) under last slice's footprint
-                    air[k] |= foot & (lab == i) & (sm2[k] < airway_hu + 30.0)
     for k in range(nz):
         if not air[k].any():
             continue

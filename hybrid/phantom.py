@@ -470,6 +470,9 @@ def make_patient(
         rng.uniform(42, 52) * scale**0.5,
         rng.uniform(48, 60),
     )
+    # keep the heart inside the mediastinum (cardiothoracic ratio ~0.4-0.5)
+    ah = min(ah, 0.5 * Lc)
+    bh = min(bh, 0.33 * (Ac + Pc))
     heart_rot = np.deg2rad(rng.uniform(25, 45))
     xh = x_med + rng.uniform(18, 34)
     yh = y_c - Ac + bh + rng.uniform(4, 14)
@@ -483,6 +486,9 @@ def make_patient(
     y_tr = y_vb - r_vb0 - 9.0 - r_tr
     x_tr = x_med - 2.0
     u_car = rng.uniform(0.55, 0.62)
+    # the heart's base (atria) stays below the carina
+    ch = min(ch, (u_car * H - 12.0 - uL * H) / 1.78)
+    zh = uL * H + 0.78 * ch
     hilR = np.array([(u_car - 0.11) * H, y_tr + 8.0, x_med - 0.30 * Lc])
     hilL = np.array([(u_car - 0.14) * H, y_tr + 12.0, x_med + 0.32 * Lc])
     carina = np.array([u_car * H, y_tr, x_tr])

@@ -314,3 +314,17 @@ def test_foreign_hdf5_rejected(tmp_path):
         f["data"] = np.zeros((2, 2, 2))
     with pytest.raises(ValueError, match=r"dataset '/volume'"):
         hybrid.load(tmp_path / "x.h5")
+
+
+def test_outputs_have_ordinary_permissions(tmp_path, small_volume):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        f = hybrid.save(small_volume, tmp_path / "v.h5")
+        d = hybrid.save(small_volume, tmp_path / "series")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE(d.stat().st_mode) == 0o755
