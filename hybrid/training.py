@@ -18,6 +18,7 @@ the CNN, which can only bias the blender towards the CNN: conservative.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -98,8 +99,8 @@ def calibrate_blender(
     if not samples:
         raise ValueError(f"Expected calibration patients {list(patients)} in {root}; none found.")
     blender = calibrate(samples)
-    blender = type(blender)(blender.mode, blender.threshold, blender.softness,
-                            dict(blender.calibration, patients=list(patients), stride=stride))
+    blender = dataclasses.replace(
+        blender, calibration=dict(blender.calibration, patients=list(patients), stride=stride))
     if out is not None:
         blender.save(out)
     return blender
@@ -122,6 +123,7 @@ def heldout_report(root, enhancer, *, patients: Sequence[str] = HELD_OUT_PATIENT
             m = evaluate_image(img, case.nd, lung_mask=case.lung_mask, body_mask=case.body_mask,
                                on_empty="nan")
             rows.append({"case": case.case_id, "patient": case.patient_id, "kind": case.kind,
+                         "kernel": case.meta.get("kernel"),
                          "method": name, **{f"{r}_{k}": float(v) for r, d in m.items() for k, v in d.items()}})
     return rows
 

@@ -59,3 +59,21 @@ def test_save_load_round_trip(tmp_path, rng):
 def test_bad_parameters(kw, match):
     with pytest.raises(ValueError, match=match):
         Blender(**kw)
+
+
+def test_table_weight_is_least_squares_optimal_per_bin(rng):
+    """Where both parts are unbiased with independent errors σd and σc, the optimal weight
+    is σc² / (σc² + σd²): here 20² / (20² + 20²) = 0.5 for d ≥ 1 and ≈ 1 for d < 1."""
+    n = 400_000
+    nd = rng.normal(0, 200, n).astype(np.float32)
+    dist = rng.uniform(0, 2, n).astype(np.float32)
+    dic = nd + np.where(dist < 1.0, rng.normal(0, 2, n), rng.normal(0, 20, n)).astype(np.float32)
+    cnn = nd + rng.normal(0, 20, n).astype(np.float32)
+    b = calibrate([(cnn, dic, dist, nd, np.ones(n, bool))], max_pixels=n)
+    assert b.mode == "table"
+    w = b.weight(np.array([0.2, 0.5, 1.5, 1.8, np.inf], np.float32))
+    np.testing.assert_allclose(w[:2], 0.99, atol=0.02)  # 20² / (20² + 2²) = 0.990
+    np.testing.assert_allclose(w[2:4], 0.5, atol=0.05)
+    assert w[4] == 0
+    c = b.calibration
+    assert c["rmse_blend_hu"] < min(c["rmse_cnn_hu"], c["rmse_dictionary_hu"])
