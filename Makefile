@@ -35,3 +35,32 @@ endif
 
 data: setup
 	$(VENV)/bin/hybrid data --out $(DATA) $(DATA_ARGS)
+
+# `make demo` (FAST=1: 2 slices per case): enhance a phantom and a real chest CT with the
+# shipped models in hybrid/assets; prints RMSE/SSIM, writes out/demo/demo.png and metrics.json
+demo: setup
+	$(PY) -m hybrid.demo $(if $(filter 1,$(FAST)),--fast,)
+
+# ---------------------------------------------------------------- the shipped defaults
+# Each needs `make data`.  Who sees which patient: hybrid/training.py.
+.PHONY: train dictionary calibrate heldout search
+search: setup
+	$(PY) experiments/search.py
+
+train: setup
+	$(PY) experiments/train_default.py
+
+dictionary: setup
+	$(PY) experiments/build_defaults.py dictionary
+
+calibrate: setup
+	$(PY) experiments/build_defaults.py calibrate
+
+heldout: setup
+	$(PY) experiments/build_defaults.py heldout
+
+# Speed and memory (a benchmark, never a test): writes experiments/results/bench.json.
+bench: setup
+	$(PY) experiments/bench_physics.py --repeat 1
+	$(PY) experiments/bench_dictionary.py --quick
+	$(PY) experiments/bench.py

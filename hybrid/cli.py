@@ -1,8 +1,19 @@
 """The ``hybrid`` command line.
 
+Subcommands: ``info`` (describe a series), ``enhance`` (restore an
+ultra-low-dose series), ``data`` (build the paired dataset).  ``--help``
+works everywhere.
+
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or bad input
 (the message says what was expected, what was received and how to fix it).
 Patient identifiers are never printed or logged; series are named by UID.
+
+``hybrid enhance`` also takes options left out of its option list because
+few need them: ``--cnn DIR``, ``--dictionary DIR`` and ``--blender FILE``
+replace the shipped default models (``hybrid/assets/``) with a
+``CNNPair.save`` folder, a ``PatchDictionary.save`` folder and a
+``Blender.save`` JSON (tests and experiments use them).  They are listed in
+``hybrid enhance --help``'s closing note.
 """
 
 from __future__ import annotations
@@ -40,14 +51,94 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "hu_min": float(arr.min()),
         "hu_max": float(arr.max()),
         "hu_median_body": float(np.median(arr[body])) if body.any() else None,
-        "estimated_noise_hu": round(float(estimate_noise_hu(arr, mask=body)), 1),
+        "estimated_noise_hu": None,
     }
+    try:  # needs enough soft tissue; a tiny or odd image has none: then say so, do not fail
+        info["estimated_noise_hu"] = round(float(estimate_noise_hu(arr, mask=body)), 1)
+    except ValueError as exc:
+        logging.getLogger("hybrid.cli").info("noise not estimated: %s", exc)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         width = max(len(k) for k in info)
         for k, v in info.items():
             print(f"{k:<{width}}  {v}")
+    return EXIT_OK
+
+
+def _maps_path(output: Path) -> Path:
+    """``<output without suffixes>_maps.h5`` beside the output."""
+    name = output.name
+    for suffix in (".nii.gz", ".nii", ".hdf5", ".h5", ".npy", ".npz", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(f"{name}_maps.h5")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    import time
+
+    import hybrid
+    from hybrid.io import format_of
+
+    src, out = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise FileNotFoundError(
+            f"Expected INPUT to be a DICOM folder or a .dcm/.nii/.nii.gz/.h5/.npy/.npz file; "
+            f"nothing exists at {src}."
+        )
+    # default: a derived DICOM series, unless OUTPUT's suffix names another format
+    # (.nii/.nii.gz, .h5/.hdf5, .npy, .npz); hybrid.io.format_of says "dicom" otherwise
+    fmt = args.format or format_of(out)
+    # refuse before the (long) run what hybrid.save would refuse after it
+    if out.resolve() == src.resolve() or (src.is_dir() and _inside(out, src)):
+        raise ValueError(
+            f"Expected an OUTPUT outside the input; received {out}, which is "
+            f"{'the input itself' if out.resolve() == src.resolve() else 'inside the input folder'}. "
+            "hybrid never writes over or into its input: choose another output path."
+        )
+    maps_path = _maps_path(out) if args.maps else None
+    for p in (out, maps_path):
+        if p is not None and p.exists() and not args.overwrite:
+            raise FileExistsError(
+                f"Expected a new output path; {p} already exists. Choose another output, "
+                "remove it, or pass --overwrite."
+            )
+    vol = hybrid.load(src, series_uid=args.series)
+    enhancer = hybrid.Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender)
+    t0 = time.perf_counter()
+    res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=args.maps,
+                           progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    enhanced, maps = res if args.maps else (res, None)
+    options = {}
+    if fmt == "dicom":
+        options["derivation"] = (
+            f"Enhanced by {enhanced.provenance.derived_from[-1]} (ultra-low-dose CT restoration; "
+            "research software, no diagnostic claim)"
+        )[:1024]
+    written = hybrid.save(enhanced, out, format=fmt, overwrite=args.overwrite, **options)
+    print(f"enhanced {vol.shape[0]} slice(s) of {vol.shape[1]}x{vol.shape[2]} in {seconds:.1f} s")
+    if fmt == "dicom":
+        import pydicom
+
+        first = next(iter(sorted(Path(written).rglob("*.dcm"))), None)
+        uid = pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID if first else "?"
+        print(f"wrote derived DICOM series {uid} to {written}")
+    else:
+        print(f"wrote {fmt} {written}")
+    if maps is not None:
+        maps.save(maps_path, spacing=vol.spacing, overwrite=args.overwrite)
+        print(f"wrote maps (masks, proposals, distance, source map) {maps_path}")
     return EXIT_OK
 
 
@@ -67,6 +158,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser(
+        "enhance", help="restore an ultra-low-dose CT series (CNN pair + patch dictionary)",
+        description="Enhance an ultra-low-dose chest CT: lung segmentation, the CNN pair and the "
+                    "patch dictionary propose normal-dose images, the calibrated blender joins "
+                    "them. Research software, no diagnostic claim.",
+        epilog="The default output format follows OUTPUT's suffix (.nii/.nii.gz, .h5/.hdf5, "
+               ".npy, .npz); an OUTPUT without one is a derived DICOM series (new series and "
+               "instance UIDs, same study; a fresh study for non-DICOM input). The input is "
+               "never overwritten, nor written into. "
+               "Custom models (replace the shipped defaults in hybrid/assets): --cnn DIR "
+               "(CNNPair folder), --dictionary DIR (PatchDictionary folder), --blender FILE "
+               "(Blender JSON).")
+    p.add_argument("input", type=Path, metavar="INPUT",
+                   help="DICOM folder (or .dcm), .nii[.gz], .h5, .npy or .npz")
+    p.add_argument("output", type=Path, metavar="OUTPUT",
+                   help="output: a folder for DICOM, a file otherwise")
+    p.add_argument("--format", choices=("dicom", "nifti", "hdf5"),
+                   help="output format (default: from OUTPUT's suffix; none: DICOM)")
+    p.add_argument("--series", metavar="UID", help="series to read when a folder holds several")
+    p.add_argument("--maps", action="store_true",
+                   help="also write OUTPUT_maps.h5 beside the output: lung/body masks, CNN and "
+                        "dictionary proposals, distance, source map (dictionary weight)")
+    p.add_argument("--dose-fraction", type=float, metavar="F",
+                   help="the scan's dose relative to normal dose (e.g. 0.02); recorded, "
+                        "currently informational")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cnn", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--dictionary", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--blender", type=Path, metavar="FILE", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_enhance)
+
     from hybrid.data import add_cli as add_data_cli
 
     add_data_cli(sub)
@@ -83,12 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return int(args.func(args) or EXIT_OK)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:
         print(f"hybrid {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # an unexpected failure: say so, keep the traceback for -v
+        logging.getLogger("hybrid.cli").debug("traceback", exc_info=True)
+        print(f"hybrid {args.command}: unexpected error ({type(exc).__name__}): {exc} "
+              "(run with -v for the traceback)", file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":  # pragma: no cover

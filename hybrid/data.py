@@ -202,9 +202,7 @@ def make_real_case(
 ) -> PairedCase:
     """Pair a real normal-dose volume with simulated ultra-low-dose versions."""
     from hybrid.lung import body_mask, segment
-    from hybrid.physics import simulate_low_dose
-
-    from hybrid.physics import kernel_for
+    from hybrid.physics import kernel_for, simulate_low_dose
 
     rng = np.random.default_rng([seed, 2018])
     kernel = kernel_for(volume.provenance.kernel)

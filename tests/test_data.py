@@ -25,7 +25,7 @@ def test_manifest_and_cases(tiny_dataset):
     phantoms = [c for c in m["cases"] if c["kind"] == "phantom"]
     assert [c["case_id"] for c in phantoms] == ["P01", "P02"]
     assert load_manifest(root)["hash"] == m["hash"]
-    for entry, path in iter_cases(root):
+    for _entry, path in iter_cases(root):
         case = load_case(path)
         assert case.uld.shape == case.nd.shape == case.uld_aug.shape == case.lung_mask.shape
         assert case.lung_mask.dtype == bool and case.body_mask.dtype == bool
@@ -43,7 +43,7 @@ def test_manifest_and_cases(tiny_dataset):
 def test_folds_leave_one_patient_out(tiny_dataset):
     root, m = tiny_dataset
     folds = json.loads((root / "folds.json").read_text())
-    for kind, fl in folds.items():
+    for fl in folds.values():
         for fold in fl:
             patients = {c["patient_id"] for c in m["cases"] if c["case_id"] in fold["train"]}
             assert fold["test_patient"][0] not in patients

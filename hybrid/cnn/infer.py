@@ -188,6 +188,9 @@ class CNNPair:
             )
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is an ordinary folder
         try:
             self.lung_model.save_weights(str(tmp / _FILES["lung_weights"]))
             self.body_model.save_weights(str(tmp / _FILES["body_weights"]))

@@ -311,8 +311,10 @@ def write_series(
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.multival import MultiValue
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.valuerep import DSfloat
 
     from hybrid import __version__
 
@@ -354,6 +356,14 @@ def write_series(
                       "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
                 ds.setdefault(k, "")
             ds.setdefault("PositionReferenceIndicator", "")
+            for k in ("Manufacturer", "AcquisitionNumber", "Laterality"):  # type 2 / 2C: present, may be empty
+                ds.setdefault(k, "")
+            for k in ("SliceThickness", "SpacingBetweenSlices", "PixelSpacing",
+                      "ImagePositionPatient", "ImageOrientationPatient", "SliceLocation"):
+                if k in ds:  # DS values hold at most 16 characters
+                    v = ds[k].value
+                    ds[k].value = ([DSfloat(x, auto_format=True) for x in v]
+                                   if isinstance(v, (list, tuple, MultiValue)) else DSfloat(v, auto_format=True))
             ds.setdefault("KVP", "")
             ds.setdefault("PatientPosition", "HFS")
             if from_dicom and "SOPInstanceUID" in hdr:

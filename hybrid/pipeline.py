@@ -1,0 +1,513 @@
+"""The end-to-end enhancement: ultra-low-dose CT in, normal-dose-like CT out.
+
+:class:`Enhancer` loads the CNN pair, the patch dictionary and the blender
+calibration once (default: the assets shipped in ``hybrid/assets/``) and
+enhances any number of volumes; :func:`enhance` uses a cached default
+Enhancer::
+
+    import hybrid
+    out = hybrid.enhance(hybrid.load("uld_series/"))          # Volume in, Volume out
+    out, maps = hybrid.enhance(array, return_maps=True)       # ndarray in, ndarray out
+
+Steps, for a volume of Z slices:
+
+1. body mask (:func:`hybrid.lung.body_mask`) and lung mask
+   (:func:`hybrid.lung.segment`) on the whole volume: the segmentation is
+   3-D (connected components across slices, airway tracking), so it needs
+   all slices at once; its temporaries are a few volume-sized arrays;
+2. slice batch by slice batch (``batch_slices``): the CNN pair's proposal
+   (lung model inside the lung mask, body model elsewhere), the dictionary's
+   proposal with its normalised nearest-neighbour distance ``delta`` (inf
+   outside the body), and the blender's join
+   ``w * dictionary + (1 - w) * cnn`` with the dictionary weight
+   ``w = blender.weight(delta)``.  The model activations, patches and search
+   results only ever exist for one batch, so the extra memory is bounded
+   whatever Z is.  Every step is per slice (the CNN and the dictionary
+   work in 2-D), so the result does not depend on ``batch_slices``.
+
+The input is never modified.  Research software: no diagnostic claim.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid.volume import Volume, as_hu_array
+
+__all__ = [
+    "Enhancer",
+    "EnhanceMaps",
+    "enhance",
+    "default_assets_dir",
+    "default_asset_paths",
+    "TRAINED_DOSE_RANGE",
+]
+
+log = logging.getLogger(__name__)
+
+#: Dose fractions the shipped models were trained on (nominal 0.02, augmented
+#: log-uniformly over this range; see :mod:`hybrid.data`).
+TRAINED_DOSE_RANGE = (0.01, 0.10)
+
+_ASSET_NAMES = {"cnn": "cnn", "dictionary": "dictionary", "blender": "blend.json"}
+
+
+def _version() -> str:
+    from hybrid import __version__
+
+    return __version__
+
+
+def default_assets_dir() -> Path:
+    """Folder of the shipped default models: ``hybrid/assets`` inside the package."""
+    try:
+        root = importlib.resources.files("hybrid") / "assets"
+        return Path(str(root))
+    except Exception:  # pragma: no cover - e.g. a zipped package
+        import hybrid
+
+        return Path(hybrid.__file__).resolve().parent / "assets"
+
+
+def default_asset_paths() -> dict[str, Path]:
+    """Paths of the shipped ``cnn`` folder, ``dictionary`` folder and ``blender`` JSON."""
+    root = default_assets_dir()
+    return {k: root / v for k, v in _ASSET_NAMES.items()}
+
+
+def _missing_defaults(missing: list[Path]) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Expected the default models in {default_assets_dir()} (cnn/, dictionary/, blend.json); "
+        f"missing: {', '.join(str(p) for p in missing)}. Run `make train dictionary` or pass "
+        f"your own: Enhancer(cnn=..., dictionary=..., blender=...) "
+        f"(CLI: --cnn DIR --dictionary DIR --blender FILE)."
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class EnhanceMaps:
+    """What :meth:`Enhancer.enhance` saw and decided, per pixel (input's shape).
+
+    Attributes
+    ----------
+    lung_mask, body_mask : ndarray of bool
+        Lungs (:func:`hybrid.lung.segment`) and body (:func:`hybrid.lung.body_mask`).
+    cnn : ndarray of float32
+        The CNN pair's proposal in HU ("CNN only").
+    dictionary : ndarray of float32
+        The patch dictionary's proposal in HU ("dictionary only"; the input
+        outside the body).
+    distance : ndarray of float32
+        The dictionary's normalised nearest-neighbour distance ``delta``
+        (about 1 or below: as good a match as the noise allows; ``inf``
+        outside the body).
+    dictionary_weight : ndarray of float32 in [0, 1]
+        The source map: the blender's weight of the dictionary (1 =
+        dictionary, 0 = CNN).
+    info : dict
+        Settings of the run (version, dose fraction, stride, blender, models).
+    """
+
+    lung_mask: np.ndarray
+    body_mask: np.ndarray
+    cnn: np.ndarray
+    dictionary: np.ndarray
+    distance: np.ndarray
+    dictionary_weight: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    ARRAYS = ("lung_mask", "body_mask", "cnn", "dictionary", "distance", "dictionary_weight")
+
+    @property
+    def source_map(self) -> np.ndarray:
+        """Alias of :attr:`dictionary_weight` (1 = dictionary, 0 = CNN)."""
+        return self.dictionary_weight
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        spacing: tuple[float, float, float] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the maps to one HDF5 file, atomically.
+
+        One dataset per map (``lung_mask``, ``body_mask`` uint8;
+        ``cnn``, ``dictionary`` HU float32; ``distance`` float32 with ``inf``
+        outside the body; ``dictionary_weight`` float32 in [0, 1]) and file
+        attributes ``format="hybrid-enhance-maps"``, ``version=1``,
+        ``axes``, ``spacing`` (mm) and ``info`` (JSON).
+        """
+        import json
+
+        import h5py
+
+        from hybrid.io._atomic import atomic_file
+
+        path = Path(path)
+        with atomic_file(path, overwrite=overwrite) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = "hybrid-enhance-maps"
+                f.attrs["version"] = 1
+                f.attrs["axes"] = "zyx" if self.cnn.ndim == 3 else "yx"
+                if spacing is not None:
+                    f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+                f.attrs["info"] = json.dumps(self.info, default=str)
+                for name in self.ARRAYS:
+                    arr = getattr(self, name)
+                    if arr.dtype == bool:
+                        arr = arr.astype(np.uint8)
+                    ds = f.create_dataset(name, data=arr, compression="gzip", compression_opts=4,
+                                          shuffle=True)
+                    ds.attrs["units"] = {
+                        "cnn": "HU", "dictionary": "HU", "distance": "normalised NN distance",
+                        "dictionary_weight": "1 = dictionary, 0 = CNN",
+                    }.get(name, "mask")
+        return path
+
+
+def _as_input(data: Any) -> tuple[np.ndarray, bool, Volume | None]:
+    """(3-D float32 array, was it 2-D, the Volume or None) with clear errors."""
+    if isinstance(data, Volume):
+        return data.array, False, data
+    if data is None or isinstance(data, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"Expected a hybrid.Volume or a NumPy array (z, y, x) in HU; received "
+            f"{type(data).__name__}. Read files first: hybrid.enhance(hybrid.load(path))."
+        )
+    arr = as_hu_array(data, name="the input")
+    if arr.ndim == 2:
+        return arr[np.newaxis], True, None
+    if arr.ndim != 3:
+        raise ValueError(
+            f"Expected a 2-D slice (y, x) or a 3-D volume (z, y, x) in HU; received shape "
+            f"{arr.shape} (rank {arr.ndim}). Pass one series at a time, e.g. array[0] for "
+            "the first of a batch of volumes."
+        )
+    if min(arr.shape) < 1:
+        raise ValueError(f"Expected a non-empty image; received shape {arr.shape}.")
+    return arr, False, None
+
+
+def _check_dose(dose_fraction: Any) -> float | None:
+    if dose_fraction is None:
+        return None
+    try:
+        f = float(dose_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Invalid value for argument `dose_fraction`. Expected a number in (0, 1] "
+            f"(e.g. 0.02 for 2 % of a normal dose). Received dose_fraction={dose_fraction!r}."
+        ) from None
+    if not (math.isfinite(f) and 0 < f <= 1):
+        raise ValueError(
+            f"Invalid value for argument `dose_fraction`. Expected a number in (0, 1] "
+            f"(e.g. 0.02 for 2 % of a normal dose). Received dose_fraction={dose_fraction!r}."
+        )
+    return f
+
+
+class Enhancer:
+    """Loaded models for repeated enhancement of ultra-low-dose chest CT.
+
+    Parameters
+    ----------
+    cnn : CNNPair, path or None
+        The lung/body CNN pair (:class:`hybrid.cnn.infer.CNNPair`) or the
+        folder it was saved to.  None: the shipped ``hybrid/assets/cnn``.
+    dictionary : PatchDictionary, path or None
+        The patch dictionary (:class:`hybrid.dictionary.PatchDictionary`) or
+        its folder.  None: the shipped ``hybrid/assets/dictionary``.
+    blender : Blender, path or None
+        The calibrated blender (:class:`hybrid.blend.Blender`) or its JSON
+        file.  None: the shipped ``hybrid/assets/blend.json``.
+    stride : int, keyword-only
+        Dictionary query grid step in pixels (1 = every pixel; 2 is about 4x
+        faster for a small loss, and what the blender is calibrated with
+        unless the blender's calibration says otherwise).
+    k : int, keyword-only
+        Dictionary neighbours per patch (1).
+    batch_slices : int, keyword-only
+        Slices processed at once (bounds the memory of the models and the
+        search; does not change the result).
+
+    Raises
+    ------
+    FileNotFoundError
+        A default asset is missing (the message says where it was expected
+        and how to make it).
+
+    Examples
+    --------
+    >>> enh = Enhancer()                                    # doctest: +SKIP
+    >>> out = enh.enhance(hybrid.load("uld_series/"))       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        cnn: Any = None,
+        dictionary: Any = None,
+        blender: Any = None,
+        *,
+        stride: int | None = None,
+        k: int = 1,
+        batch_slices: int = 8,
+    ) -> None:
+        if not isinstance(batch_slices, (int, np.integer)) or isinstance(batch_slices, bool) \
+                or batch_slices < 1:
+            raise ValueError(
+                "Invalid value for argument `batch_slices`. Expected an integer >= 1. "
+                f"Received batch_slices={batch_slices!r}."
+            )
+        self.batch_slices = int(batch_slices)
+        self.k = int(k)
+        defaults = default_asset_paths()
+        given = {"cnn": cnn, "dictionary": dictionary, "blender": blender}
+        missing = [defaults[n] for n, v in given.items() if v is None and not defaults[n].exists()]
+        if missing:  # all of them at once, before anything heavy is imported
+            raise _missing_defaults(missing)
+        self.sources: dict[str, str] = {}
+        # the cheap one first, so that a missing default is reported before TensorFlow loads
+        self.blender = self._load_blender(blender, defaults["blender"])
+        self.dictionary = self._load_dictionary(dictionary, defaults["dictionary"])
+        self.cnn = self._load_cnn(cnn, defaults["cnn"])
+        if stride is None:
+            stride = int(self.blender.calibration.get("stride", 2)) if isinstance(
+                self.blender.calibration, dict) else 2
+        ps = self.dictionary.patch_size
+        if not (isinstance(stride, (int, np.integer)) and 1 <= stride <= ps):
+            raise ValueError(
+                f"Invalid value for argument `stride`. Expected an integer in [1, {ps}]. "
+                f"Received stride={stride!r}."
+            )
+        self.stride = int(stride)
+
+    # ------------------------------------------------------------------ loading
+    def _load_blender(self, blender: Any, default: Path):
+        from hybrid.blend import Blender
+
+        if isinstance(blender, Blender):
+            self.sources["blender"] = "<in memory>"
+            return blender
+        if blender is None:
+            if not default.is_file():
+                raise _missing_defaults([default])
+            blender = default
+        path = Path(blender)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Expected a blender calibration JSON (Blender.save) at {path}; it does not exist."
+            )
+        self.sources["blender"] = str(path)
+        return Blender.load(path)
+
+    def _load_dictionary(self, dictionary: Any, default: Path):
+        from hybrid.dictionary import PatchDictionary
+
+        if isinstance(dictionary, PatchDictionary):
+            self.sources["dictionary"] = "<in memory>"
+            return dictionary
+        if dictionary is None:
+            if not default.is_dir():
+                raise _missing_defaults([default])
+            dictionary = default
+        path = Path(dictionary)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"Expected a patch dictionary folder (PatchDictionary.save) at {path}; "
+                "it does not exist."
+            )
+        self.sources["dictionary"] = str(path)
+        return PatchDictionary.load(path)
+
+    def _load_cnn(self, cnn: Any, default: Path):
+        if cnn is None:
+            if not default.is_dir():
+                raise _missing_defaults([default])
+            cnn = default
+        if isinstance(cnn, (str, os.PathLike)):
+            path = Path(cnn)
+            if not path.is_dir():
+                raise FileNotFoundError(
+                    f"Expected a CNN pair folder (CNNPair.save) at {path}; it does not exist."
+                )
+            from hybrid.cnn.infer import CNNPair
+
+            self.sources["cnn"] = str(path)
+            return CNNPair.load(path)
+        if not hasattr(cnn, "propose"):
+            raise TypeError(
+                f"Expected a hybrid.cnn.infer.CNNPair or its folder; received {type(cnn).__name__}."
+            )
+        self.sources["cnn"] = "<in memory>"
+        return cnn
+
+    def __repr__(self) -> str:
+        return (
+            f"Enhancer(cnn={self.cnn!r}, dictionary={self.dictionary!r}, blender=("
+            f"{self.blender.mode}, t={self.blender.threshold:g}, s={self.blender.softness:g}), "
+            f"stride={self.stride}, batch_slices={self.batch_slices})"
+        )
+
+    # ------------------------------------------------------------------ running
+    def enhance(
+        self,
+        volume: Any,
+        *,
+        dose_fraction: float | None = None,
+        return_maps: bool = False,
+        progress: bool = True,
+    ):
+        """Enhance an ultra-low-dose chest CT.
+
+        Parameters
+        ----------
+        volume : Volume, or ndarray (z, y, x) or (y, x) in HU
+            The low-dose image.  Never modified.
+        dose_fraction : float in (0, 1], optional
+            The scan's dose relative to a normal dose (e.g. 0.02).  Currently
+            informational: it is validated, recorded in the provenance step
+            and in ``maps.info``, and a warning is given outside the range
+            the models were trained on (:data:`TRAINED_DOSE_RANGE`); it does
+            not change the result, because one model set serves all doses
+            (trained with dose augmentation).  Were models per dose shipped,
+            this is where one would be chosen.
+        return_maps : bool
+            Also return an :class:`EnhanceMaps` (masks, both proposals,
+            distance, source map).
+        progress : bool
+            Show a tqdm progress bar (slices) on stderr.
+
+        Returns
+        -------
+        Volume or ndarray, or (that, EnhanceMaps)
+            The same kind as the input: a Volume with the input's spacing and
+            provenance plus the step ``"hybrid.enhance <version>"`` in
+            ``provenance.derived_from``; or a float32 array of the input's
+            shape.  Maps have the input's shape too (2-D for a 2-D input).
+        """
+        t0 = time.perf_counter()
+        arr, two_d, vol = _as_input(volume)
+        dose = _check_dose(dose_fraction)
+        if dose is not None and not (TRAINED_DOSE_RANGE[0] <= dose <= TRAINED_DOSE_RANGE[1]):
+            warnings.warn(
+                f"dose_fraction={dose:g} is outside the range the models were trained on "
+                f"({TRAINED_DOSE_RANGE[0]:g}-{TRAINED_DOSE_RANGE[1]:g}); results may be worse.",
+                stacklevel=2,
+            )
+        ps = self.dictionary.patch_size
+        if min(arr.shape[1:]) < ps:
+            raise ValueError(
+                f"Expected slices of at least {ps} x {ps} pixels; received shape "
+                f"{arr.shape[1:] if not two_d else arr.shape[1:]}."
+            )
+        spacing = vol.spacing if vol is not None else None
+
+        from tqdm.auto import tqdm
+
+        from hybrid.lung import body_mask, segment
+
+        nz = arr.shape[0]
+        bar = tqdm(total=nz, desc="hybrid.enhance", unit="slice", disable=not progress,
+                   leave=False)
+        try:
+            # 3-D segmentation on the whole volume (see module docs)
+            bar.set_description("hybrid.enhance: lung segmentation")
+            body = body_mask(arr, spacing=spacing)
+            lung = segment(arr, spacing=spacing, body=body)
+            bar.set_description("hybrid.enhance")
+            out = np.empty(arr.shape, np.float32)
+            if return_maps:
+                maps = {
+                    "cnn": np.empty(arr.shape, np.float32),
+                    "dictionary": np.empty(arr.shape, np.float32),
+                    "distance": np.empty(arr.shape, np.float32),
+                    "dictionary_weight": np.empty(arr.shape, np.float32),
+                }
+            for start in range(0, nz, self.batch_slices):
+                s = slice(start, min(start + self.batch_slices, nz))
+                x = arr[s]
+                cnn_p = self.cnn.propose(x, lung[s], batch_size=self.batch_slices)
+                dict_p = self.dictionary.propose(x, body_mask=body[s], stride=self.stride,
+                                                 k=self.k)
+                res = self.blender.blend(cnn_p, dict_p)
+                out[s] = res.image
+                if return_maps:
+                    maps["cnn"][s] = cnn_p.image
+                    maps["dictionary"][s] = dict_p.image
+                    maps["distance"][s] = dict_p.confidence
+                    maps["dictionary_weight"][s] = res.dictionary_weight
+                bar.update(s.stop - s.start)
+        finally:
+            bar.close()
+        if not np.isfinite(out).all():  # pragma: no cover - a broken model
+            raise RuntimeError(
+                "The models returned non-finite values; the assets may be corrupt. "
+                "Re-create them (make train dictionary)."
+            )
+        step = f"hybrid.enhance {_version()}"
+        if dose is not None:
+            step += f" (dose_fraction={dose:g})"
+        info = {
+            "step": step,
+            "version": _version(),
+            "dose_fraction": dose,
+            "dose_fraction_effect": "informational (one model set for all doses)",
+            "stride": self.stride,
+            "k": self.k,
+            "batch_slices": self.batch_slices,
+            "blender": {"mode": self.blender.mode, "threshold": self.blender.threshold,
+                        "softness": self.blender.softness},
+            "models": dict(self.sources),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        log.info("enhanced %d slice(s) %s in %.1f s", nz, arr.shape[1:], info["seconds"])
+        if vol is not None:
+            result: Any = vol.with_array(out, step=step)
+        else:
+            result = out[0] if two_d else out
+        if not return_maps:
+            return result
+        sq = (lambda a: a[0]) if two_d else (lambda a: a)
+        em = EnhanceMaps(
+            lung_mask=sq(lung), body_mask=sq(body),
+            cnn=sq(maps["cnn"]), dictionary=sq(maps["dictionary"]),
+            distance=sq(maps["distance"]), dictionary_weight=sq(maps["dictionary_weight"]),
+            info=info,
+        )
+        return result, em
+
+
+_DEFAULT: Enhancer | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_enhancer() -> Enhancer:
+    """The shared Enhancer with the shipped defaults (loaded on first use, then cached)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = Enhancer()
+        return _DEFAULT
+
+
+def enhance(volume: Any, **kwargs: Any):
+    """Enhance with the shipped default models (a cached :class:`Enhancer`).
+
+    ``kwargs`` are those of :meth:`Enhancer.enhance` (``dose_fraction``,
+    ``return_maps``, ``progress``).  For other models or settings make your
+    own ``Enhancer(cnn=..., dictionary=..., blender=..., stride=...)``.
+    """
+    return default_enhancer().enhance(volume, **kwargs)
+

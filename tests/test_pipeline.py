@@ -1,0 +1,210 @@
+"""hybrid.enhance / Enhancer: kinds in and out, batching, maps, errors, default assets.
+
+The tests build small custom assets (an untrained residual CNN pair, which
+returns its input; a tiny dictionary from one phantom pair; a soft blender)
+so they do not depend on the shipped models.  One test uses the shipped
+defaults and skips when they are absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("faiss")
+
+import hybrid  # noqa: E402
+from hybrid import Volume  # noqa: E402
+from hybrid.volume import Provenance  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_assets():
+    """(CNNPair, PatchDictionary, Blender) small enough to build in a few seconds."""
+    from hybrid.blend import Blender
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.dictionary import DictionaryConfig, PatchDictionary
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(3, shape=(2, 128, 128))
+    nd = scan_phantom(ph, dose_fraction=1.0, rng=1)
+    uld = scan_phantom(ph, dose_fraction=0.02, rng=2)
+    dic = PatchDictionary.build(
+        [(uld.array, nd.array, ph.body_mask)],
+        config=DictionaryConfig(max_patches=5000, n_heldout=200),
+    )
+    pair = CNNPair.build(
+        CNNConfig.for_region("lung", depth=3, width=8),
+        CNNConfig.for_region("body", depth=3, width=8),
+    )
+    return pair, dic, Blender("soft", 1.0, 0.1)
+
+
+@pytest.fixture(scope="module")
+def enhancer(small_assets):
+    return hybrid.Enhancer(*small_assets)
+
+
+@pytest.fixture(scope="module")
+def uld():
+    """A 3-slice ultra-low-dose phantom Volume (another patient than the dictionary's)."""
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(5, shape=(3, 128, 128))
+    vol = scan_phantom(ph, dose_fraction=0.02, rng=3)
+    return Volume(vol.array, vol.spacing, Provenance(source="/data/uld-series", series_uid="1.2.3",
+                                                      kernel="B"))
+
+
+def test_volume_and_array_give_the_same_result(enhancer, uld):
+    out_vol = enhancer.enhance(uld, progress=False)
+    # an array carries no spacing: compare with a Volume of the segmentation's default spacing
+    same_spacing = Volume(uld.array, (1.0, 0.8, 0.8))
+    out_arr = enhancer.enhance(uld.array, progress=False)
+    assert isinstance(out_vol, Volume)
+    assert isinstance(out_arr, np.ndarray) and out_arr.dtype == np.float32
+    assert out_arr.shape == uld.shape
+    np.testing.assert_array_equal(out_arr, enhancer.enhance(same_spacing, progress=False).array)
+    # the result differs from the input (the dictionary acts) but stays close in HU
+    assert not np.array_equal(out_vol.array, uld.array)
+    assert np.isfinite(out_vol.array).all()
+
+
+def test_volume_keeps_shape_spacing_and_provenance(enhancer, uld):
+    out = enhancer.enhance(uld, progress=False)
+    assert out.shape == uld.shape
+    assert out.spacing == uld.spacing
+    prov, src = out.provenance, uld.provenance
+    assert prov.derived_from == src.derived_from + (f"hybrid.enhance {hybrid.__version__}",)
+    assert dataclasses.replace(prov, derived_from=src.derived_from) == src
+
+
+def test_dose_fraction_is_recorded(enhancer, uld):
+    out, maps = enhancer.enhance(uld, dose_fraction=0.02, progress=False, return_maps=True)
+    assert out.provenance.derived_from[-1].startswith(f"hybrid.enhance {hybrid.__version__}")
+    assert "dose_fraction=0.02" in out.provenance.derived_from[-1]
+    assert maps.info["dose_fraction"] == 0.02
+    # informational: the image is the same as without it
+    np.testing.assert_array_equal(out.array, enhancer.enhance(uld, progress=False).array)
+    with pytest.warns(UserWarning, match="outside the range"):
+        enhancer.enhance(uld.array[:1], dose_fraction=0.5, progress=False)
+    with pytest.raises(ValueError, match="dose_fraction"):
+        enhancer.enhance(uld, dose_fraction=2.0, progress=False)
+
+
+def test_2d_slice_equals_one_slice_volume(enhancer, uld):
+    sl = uld.array[1].copy()
+    out2 = enhancer.enhance(sl, progress=False)
+    out3 = enhancer.enhance(sl[np.newaxis], progress=False)
+    assert out2.shape == sl.shape and out2.dtype == np.float32
+    np.testing.assert_array_equal(out2, out3[0])
+    _, maps = enhancer.enhance(sl, progress=False, return_maps=True)
+    assert maps.cnn.shape == sl.shape and maps.lung_mask.shape == sl.shape
+
+
+def test_input_is_not_modified(enhancer, uld):
+    arr = uld.array.copy()
+    before_vol = uld.array.copy()
+    enhancer.enhance(arr, progress=False)
+    enhancer.enhance(uld, progress=False, return_maps=True)
+    np.testing.assert_array_equal(arr, before_vol)
+    np.testing.assert_array_equal(uld.array, before_vol)
+    assert uld.provenance.derived_from == ()
+
+
+def test_batching_does_not_change_the_result(small_assets, uld):
+    one = hybrid.Enhancer(*small_assets, batch_slices=1).enhance(uld, progress=False,
+                                                                   return_maps=True)
+    eight = hybrid.Enhancer(*small_assets, batch_slices=8).enhance(uld, progress=False,
+                                                                     return_maps=True)
+    np.testing.assert_array_equal(one[0].array, eight[0].array)
+    for name in one[1].ARRAYS:
+        np.testing.assert_array_equal(getattr(one[1], name), getattr(eight[1], name), err_msg=name)
+
+
+def test_maps_shapes_and_ranges(enhancer, uld):
+    out, maps = enhancer.enhance(uld, progress=False, return_maps=True)
+    for name in maps.ARRAYS:
+        assert getattr(maps, name).shape == uld.shape, name
+    assert maps.lung_mask.dtype == bool and maps.body_mask.dtype == bool
+    assert maps.lung_mask.any(), "the phantom has lungs"
+    assert not (maps.lung_mask & ~maps.body_mask).any()
+    w = maps.dictionary_weight
+    assert w.min() >= 0.0 and w.max() <= 1.0
+    assert np.all(w[~maps.body_mask] == 0.0), "outside the body the CNN decides"
+    assert np.all(np.isinf(maps.distance[~maps.body_mask]))
+    assert np.isfinite(maps.distance[maps.body_mask]).all()
+    np.testing.assert_array_equal(maps.source_map, w)
+    # the output is the blend of the two proposals with that weight
+    np.testing.assert_allclose(out.array, w * maps.dictionary + (1 - w) * maps.cnn, atol=1e-3)
+
+
+def test_maps_save_hdf5(enhancer, uld, tmp_path):
+    import h5py
+
+    _, maps = enhancer.enhance(uld, progress=False, return_maps=True)
+    path = maps.save(tmp_path / "maps.h5", spacing=uld.spacing)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "hybrid-enhance-maps"
+        assert sorted(f) == sorted(maps.ARRAYS)
+        np.testing.assert_array_equal(f["dictionary_weight"][...], maps.dictionary_weight)
+    with pytest.raises(FileExistsError):
+        maps.save(path)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.full((2, 32, 32), np.nan, np.float32), "NaN"),
+        (np.zeros((1, 2, 32, 32), np.float32), "rank 4"),
+        (np.zeros(32, np.float32), "rank 1"),
+        (np.array([["a", "b"]]), "numeric"),
+        (np.zeros((2, 4, 4), np.float32), "at least 7 x 7"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(enhancer, bad, match):
+    with pytest.raises(ValueError, match=match):
+        enhancer.enhance(bad, progress=False)
+
+
+def test_path_input_is_rejected_with_a_hint(enhancer):
+    with pytest.raises(TypeError, match="hybrid.load"):
+        enhancer.enhance("some/folder", progress=False)
+
+
+def test_enhancer_arguments_are_checked(small_assets, tmp_path):
+    with pytest.raises(ValueError, match="batch_slices"):
+        hybrid.Enhancer(*small_assets, batch_slices=0)
+    with pytest.raises(ValueError, match="stride"):
+        hybrid.Enhancer(*small_assets, stride=9)
+    with pytest.raises(FileNotFoundError, match="CNN pair folder"):
+        hybrid.Enhancer(tmp_path / "nope", *small_assets[1:])
+
+
+def test_missing_defaults_say_how_to_make_them(monkeypatch, tmp_path):
+    from hybrid import pipeline
+
+    monkeypatch.setattr(pipeline, "default_assets_dir", lambda: tmp_path / "assets")
+    with pytest.raises(FileNotFoundError, match="make train dictionary"):
+        hybrid.Enhancer()
+
+
+def test_shipped_defaults_enhance_a_phantom_slice():
+    from hybrid.pipeline import default_asset_paths
+
+    missing = [str(p) for p in default_asset_paths().values() if not p.exists()]
+    if missing:
+        pytest.skip(f"shipped default models absent ({', '.join(missing)}); run `make train dictionary`")
+    from hybrid.metrics import rmse
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(99, shape=(1, 512, 512))
+    nd = scan_phantom(ph, dose_fraction=1.0, rng=11)
+    low = scan_phantom(ph, dose_fraction=0.02, rng=12)
+    out = hybrid.enhance(low, progress=False)
+    assert out.shape == low.shape
+    assert rmse(out, nd, mask=ph.body_mask) < rmse(low, nd, mask=ph.body_mask)
