@@ -83,24 +83,31 @@ def calibrate_blender(
     *,
     patients: Sequence[str] = CALIBRATION_PATIENTS,
     stride: int = 2,
+    include_aug: bool = True,
     out: str | os.PathLike | None = None,
 ):
-    """Calibrate the blender on ``patients`` with the given CNN pair and dictionary."""
+    """Calibrate the blender on ``patients`` with the given CNN pair and dictionary.
+
+    With ``include_aug`` each case also contributes its copy at another dose
+    (1–10 %), so the weights hold across doses, not only at 2 %.
+    """
     from hybrid.blend import calibrate
     from hybrid.lung import segment
 
     samples = []
     for case in _cases(root, patients):
-        lung = segment(case.uld)
-        c = cnn.propose(case.uld, lung)
-        d = dictionary.propose(case.uld, body_mask=case.body_mask, stride=stride)
-        samples.append((c.image, d.image, d.confidence, case.nd, case.body_mask))
+        inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
+        for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
+            lung = segment(uld, spacing=case.uld.spacing)
+            c = cnn.propose(uld, lung)
+            d = dictionary.propose(uld, body_mask=case.body_mask, stride=stride)
+            samples.append((c.image, d.image, d.confidence, case.nd, case.body_mask))
         log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
     if not samples:
         raise ValueError(f"Expected calibration patients {list(patients)} in {root}; none found.")
     blender = calibrate(samples)
     blender = dataclasses.replace(
-        blender, calibration=dict(blender.calibration, patients=list(patients), stride=stride))
+        blender, calibration=dict(blender.calibration, patients=list(patients), stride=stride, include_aug=include_aug))
     if out is not None:
         blender.save(out)
     return blender
