@@ -24,7 +24,7 @@ def cmd_dictionary(args) -> None:
     from hybrid.training import build_dictionary
 
     t = time.time()
-    d = build_dictionary(args.data, ASSETS / "dictionary", max_patches=args.max_patches, overwrite=True)
+    d = build_dictionary(args.data, args.out, max_patches=args.max_patches, overwrite=True)
     print(f"built {d!r} in {time.time() - t:.1f} s")
 
 
@@ -74,6 +74,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dictionary")
     d.add_argument("--max-patches", type=int, default=200_000)
+    d.add_argument("--out", type=Path, default=ASSETS / "dictionary",
+                   help="where to write it (default: the shipped hybrid/assets/dictionary)")
     d.set_defaults(func=cmd_dictionary)
     c = sub.add_parser("calibrate")
     c.add_argument("--stride", type=int, default=2)
