@@ -64,3 +64,9 @@ bench: setup
 	$(PY) experiments/bench_physics.py --repeat 1
 	$(PY) experiments/bench_dictionary.py --quick
 	$(PY) experiments/bench.py
+
+# The benchmark notebook, executed headless (NB_SLICES slices; NB_BM3D=1 adds BM3D).
+NB_SLICES ?= 2
+.PHONY: notebook
+notebook: setup
+	$(PY) experiments/run_notebook.py --slices $(NB_SLICES) $(if $(filter 1,$(NB_BM3D)),--bm3d,)

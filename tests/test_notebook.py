@@ -1,0 +1,33 @@
+"""The benchmark notebook executes headless at a small size (as `make notebook` does)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_notebook_executes(tmp_path):
+    from hybrid.pipeline import default_asset_paths
+
+    if not all(p.exists() for p in default_asset_paths().values()):
+        pytest.skip("shipped default models are absent (hybrid/assets)")
+    spec = importlib.util.spec_from_file_location("run_notebook", REPO / "experiments" / "run_notebook.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.run(slices=1, bm3d=False, out=tmp_path, timeout=600)
+    import nbformat
+
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert not errors
+    tables = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    assert tables and "| hybrid |" in tables[0] and "soft tissue (40/400)" in tables[0]
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the example figure and quality-versus-time
