@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.io._atomic import sha256_file
 from hybrid.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -220,14 +221,6 @@ def make_real_case(
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _folds(cases: list[dict[str, Any]]) -> dict[str, list[dict[str, list[str]]]]:
     """Leave-one-patient-out folds per set, listing case ids."""
     folds: dict[str, list[dict[str, list[str]]]] = {}
@@ -297,7 +290,7 @@ def build_dataset(
     for i, (case_id, patient_id, kind, spec) in enumerate(tqdm(jobs, desc="paired cases", disable=not progress)):
         path = root / kind / f"{case_id}.h5"
         prev = old.get(case_id)
-        if prev and path.exists() and prev.get("settings") == settings and prev.get("sha256") == _sha256(path):
+        if prev and path.exists() and prev.get("settings") == settings and prev.get("sha256") == sha256_file(path):
             cases.append(prev)
             continue
         if kind == "phantom":
@@ -317,7 +310,7 @@ def build_dataset(
             "case_id": case_id, "patient_id": patient_id, "kind": kind,
             "file": str(path.relative_to(root)), "n_slices": len(case.uld),
             "spacing": list(case.uld.spacing), "settings": settings,
-            "meta": case.meta, "sha256": _sha256(path),
+            "meta": case.meta, "sha256": sha256_file(path),
         }
         cases.append(entry)
     digest = hashlib.sha256("".join(c["sha256"] for c in cases).encode()).hexdigest()

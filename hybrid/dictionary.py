@@ -82,6 +82,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.io._atomic import sha256_file
 from hybrid.patches import check_patch_size, extract_patches, grid_centers, overlap_add
 from hybrid.proposal import Proposal
 from hybrid.volume import Volume, as_hu_array
@@ -345,14 +346,6 @@ def _water_fill(counts: np.ndarray, budget: int) -> np.ndarray:
             quota[active] += share
             left = 0.0
     return quota
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _package_version() -> str:
@@ -1012,7 +1005,7 @@ class PatchDictionary:
                 f.create_dataset("projection", data=self.projection)
                 f.attrs["format_version"] = FORMAT_VERSION
             meta = dict(self.meta)
-            meta["files"] = {n: _sha256(tmp / n) for n in (_INDEX_FILE, _PAYLOAD_FILE)}
+            meta["files"] = {n: sha256_file(tmp / n) for n in (_INDEX_FILE, _PAYLOAD_FILE)}
             (tmp / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         self.meta = meta
         return path
@@ -1067,7 +1060,7 @@ class PatchDictionary:
         _check_meta(meta, expect, path)
         if verify:
             for fname, digest in meta.get("files", {}).items():
-                if _sha256(path / fname) != digest:
+                if sha256_file(path / fname) != digest:
                     raise DictionaryMismatchError(
                         f"Dictionary file {path / fname} does not match the SHA-256 in {meta_path} "
                         "(changed or corrupt). Rebuild or re-copy the dictionary folder."

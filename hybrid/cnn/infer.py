@@ -12,11 +12,8 @@ running it on the whole slice).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from scipy.ndimage import gaussian_filter
 
 from hybrid.cnn.config import CNNConfig
 from hybrid.cnn.models import build_model, predict_hu
+from hybrid.io._atomic import sha256_file
 from hybrid.volume import Volume, as_hu_array
 
 try:  # the project's common proposal type
@@ -81,14 +79,6 @@ def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
     sig = (0.0,) * (m.ndim - 2) + (float(sigma), float(sigma))
     w = gaussian_filter(m, sigma=sig, mode="nearest", truncate=_TRUNCATE)
     return np.clip(w, 0.0, 1.0, out=w)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hybrid_version() -> str:
@@ -180,18 +170,10 @@ class CNNPair:
         hybrid/TensorFlow/Keras versions, the metadata (data manifest) and the SHA-256 of
         every file, which :meth:`load` checks.
         """
+        from hybrid.io._atomic import atomic_dir
+
         directory = Path(directory)
-        if directory.exists() and not overwrite:
-            raise FileExistsError(
-                f"Expected a new model folder; {directory} already exists. Choose another "
-                "folder, remove it, or pass overwrite=True."
-            )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is an ordinary folder
-        try:
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
             self.lung_model.save_weights(str(tmp / _FILES["lung_weights"]))
             self.body_model.save_weights(str(tmp / _FILES["body_weights"]))
             self.lung_config.to_json(tmp / _FILES["lung_config"])
@@ -205,7 +187,7 @@ class CNNPair:
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"
                 ),
-                "files": {k: {"name": v, "sha256": _sha256(tmp / v)} for k, v in _FILES.items()},
+                "files": {k: {"name": v, "sha256": sha256_file(tmp / v)} for k, v in _FILES.items()},
                 "lung_config": self.lung_config.to_dict(),
                 "body_config": self.body_config.to_dict(),
                 "metadata": self.metadata,
@@ -213,16 +195,6 @@ class CNNPair:
             (tmp / "metadata.json").write_text(
                 json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
             )
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod
@@ -284,7 +256,7 @@ class CNNPair:
             if not path.is_file():
                 raise FileNotFoundError(f"Expected {path} in the CNN pair folder; it is missing.")
             want = files.get(key, {}).get("sha256")
-            if want != _sha256(path):
+            if want != sha256_file(path):
                 raise ValueError(
                     f"{path} does not match metadata.json (SHA-256 differs): the file changed "
                     "after saving. Re-save the pair, or restore the original file."
