@@ -70,3 +70,11 @@ NB_SLICES ?= 2
 .PHONY: notebook
 notebook: setup
 	$(PY) experiments/run_notebook.py --slices $(NB_SLICES) $(if $(filter 1,$(NB_BM3D)),--bm3d,)
+
+# ---------------------------------------------------------------- cross-validation
+# Leave-one-patient-out CV of the hybrid and the tuned baselines (hybrid/evaluate.py), needs
+# `make data`.  Results: experiments/results/cv/ (FAST=1: a smoke run, 2 phantom + 1 real fold
+# with tiny budgets, into experiments/results/cv/fast/).  Resumes an interrupted run.
+.PHONY: cv
+cv: setup
+	$(PY) -m hybrid.evaluate cv $(if $(filter 1,$(FAST)),--fast,)

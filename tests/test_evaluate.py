@@ -1,0 +1,124 @@
+"""hybrid.evaluate: held-out comparison and leave-one-patient-out CV on a tiny phantom set."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hybrid import evaluate as ev
+from hybrid.data import build_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    build_dataset(root, n_patients=3, shape=(2, 128, 128), real=False, figure=False, progress=False)
+    return root
+
+
+def test_central_slices():
+    assert ev.central_slices(16, 8) == list(range(4, 12))
+    assert ev.central_slices(3, 8) == [0, 1, 2]
+    assert ev.central_slices(5, None) == list(range(5))
+    with pytest.raises(ValueError, match="positive"):
+        ev.central_slices(5, 0)
+
+
+def test_default_tune_cases_never_use_held_out_patients(tiny):
+    # P01 standard, P02 sharp, P03 smooth: no other training case of P01's kernel -> an error
+    with pytest.raises(ValueError, match="kernel class"):
+        ev.default_tune_cases(tiny, "P01", exclude_patients=["P01"])
+    # a tuning set is never a held-out patient
+    with pytest.raises(ValueError, match="held-out"):
+        ev.compare_on_heldout(tiny, patients=("P01", "P02"), baselines=("gaussian",),
+                              tune_cases={"P01": ["P02"], "P02": ["P03"]}, enhancer=object())
+
+
+def test_tune_pairs_round_robin(tiny):
+    pairs, picked = ev._tune_pairs(tiny, ["P02", "P03"], 3)
+    assert sum(len(v) for v in picked.values()) == 3 == len(pairs)
+    assert picked["P02"] == [0, 1] and picked["P03"] == [0]  # 2 slices: both central, lower first
+    uld, nd, body = pairs[0]
+    assert uld.shape == nd.shape == body.shape == (128, 128) and body.dtype == bool
+
+
+class _FakeMaps:
+    def __init__(self, a):
+        self.cnn, self.dictionary = a - 1, a + 1
+
+
+class _FakeEnhancer:
+    """Stands in for the shipped models: returns the input as every proposal."""
+
+    def enhance(self, vol, return_maps=False, progress=False):
+        return vol, _FakeMaps(vol.array)
+
+
+def test_compare_on_heldout_report(tiny, tmp_path):
+    res = ev.compare_on_heldout(
+        tiny, patients=("P01",), baselines=("gaussian", "tv"), tune_cases={"P01": ["P02", "P03"]},
+        tune_slices=2, slices=1, grids=ev.FAST_GRIDS, enhancer=_FakeEnhancer(), out=tmp_path)
+    c = res["cases"]["P01"]
+    assert c["slices"] == [0]  # one central slice of two
+    assert set(c["methods"]) == {"input", "gaussian", "tv", "cnn", "dictionary", "hybrid"}
+    # the fake hybrid is the input: identical scores
+    assert c["methods"]["hybrid"]["metrics"] == c["methods"]["input"]["metrics"]
+    tuned = res["tuning"]["P02+P03"]["baselines"]
+    assert tuned["gaussian"]["params"]["sigma_px"] in ev.FAST_GRIDS["gaussian"]["sigma_px"]
+    saved = json.loads((tmp_path / "baselines_heldout.json").read_text())
+    assert saved["verdict"]["P01"]["best_baseline"] in ("gaussian", "tv")
+    md = (tmp_path / "baselines_heldout.md").read_text()
+    assert "SSIM lung window (−600/1500)" in md and "SSIM soft-tissue window (40/400)" in md
+    assert "sigma_px=" in md and "same slices" in md
+
+
+def test_cross_validate_fast_end_to_end(tiny, tmp_path):
+    from dataclasses import replace
+
+    budget = replace(ev.CVBudget.fast(), patch_sizes=(16, 32))  # 128² phantoms: smaller patches
+    rows = ev.cross_validate(tiny, tmp_path, sets=("phantom",), max_folds=1,
+                             baselines=("gaussian",), budget=budget, threads=2)
+    # fold P01: test patient P01, calibration P03 (the last training patient), dictionary from P02
+    info = json.loads((tmp_path / "cv_folds.json").read_text())["folds"]
+    assert [(f["test_patient"], f["calibration_patient"]) for f in info] == [("P01", "P03")]
+    assert "P01" not in {c.split("~")[0] for c in info[0]["train_cases"]}
+    with open(tmp_path / "cv_results.csv", newline="") as fh:
+        saved = list(csv.DictReader(fh))
+    assert len(saved) == len(rows) > 0
+    assert {r["patient"] for r in saved} == {"P01"}
+    assert {r["method"] for r in saved} == {"input", "gaussian", "cnn", "dictionary", "hybrid"}
+    assert {r["region"] for r in saved} == {"body", "lung", "non_lung"}
+    body_rmse = {r["method"]: float(r["value"]) for r in saved
+                 if r["region"] == "body" and r["metric"] == "rmse_hu"}
+    assert all(np.isfinite(v) and v > 0 for v in body_rmse.values())
+    summary = (tmp_path / "cv_summary.md").read_text()
+    assert "RMSE HU (body)" in summary and "SSIM lung window (−600/1500)" in summary
+    input_row = next(line for line in summary.splitlines() if line.startswith("| input"))
+    assert "±" not in input_row  # one fold: a mean, no sd
+    for png in ("cv_boxplots.png", "cv_example.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # resume: the finished fold is skipped, its rows kept
+    again = ev.cross_validate(tiny, tmp_path, sets=("phantom",), max_folds=1,
+                              baselines=("gaussian",), budget=budget, figures=False)
+    assert len(again) == len(rows)
+    assert len(json.loads((tmp_path / "cv_folds.json").read_text())["folds"]) == 1
+    assert not (tmp_path / "work").exists()  # training folders go to a temporary folder
+
+
+def test_tune_baselines_extends_a_grid_whose_best_is_its_largest():
+    rng = np.random.default_rng(0)
+    nd = np.zeros((64, 64), np.float32)
+    nd[16:48, 16:48] = 100
+    uld = nd + rng.normal(0, 70, nd.shape).astype(np.float32)
+    body = np.ones_like(nd, bool)
+    r = ev.tune_baselines([(uld, nd, body)], ["input", "gaussian"],
+                          grids={"gaussian": {"sigma_px": [0.25, 0.5, 1.0]}})
+    g = r["gaussian"]
+    assert g["grid"]["sigma_px"][:4] == [0.25, 0.5, 1.0, 2.0]  # extended by the last ratio
+    assert g["params"]["sigma_px"] >= 2.0 and g["grid_edge"] == []
+    assert r["input"]["params"] == {}
+    with pytest.raises(ValueError, match="Unknown baseline"):
+        ev.tune_baselines([(uld, nd, body)], ["median"])
