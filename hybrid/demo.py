@@ -111,7 +111,7 @@ def _table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure(cases: list[dict], out: Path, blender_t: float) -> Path:
+def _figure(cases: list[dict], out: Path, blender_label: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +145,7 @@ def _figure(cases: list[dict], out: Path, blender_t: float) -> Path:
                 top = float(np.nanpercentile(d, 99)) if np.isfinite(d).any() else 1.0
                 im = ax.imshow(d, cmap="magma", vmin=0, vmax=max(top, 1e-6))
                 ax.set_title(f"{c['title']}, slice {c['z0'] + z}\ndictionary distance \u03b4 "
-                             f"(low = close match)\nblender threshold {blender_t:.3g}", fontsize=9)
+                             f"(low = close match)\n{blender_label}", fontsize=9)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             for a in row:
                 a.set_axis_off()
@@ -215,7 +215,10 @@ def run(
     print()
     print(_table(results))
     out_dir = Path(out_dir)
-    png = _figure(cases, out_dir / "demo.png", enhancer.blender.threshold)
+    b = enhancer.blender
+    label = (f"blender: {b.mode}, threshold {b.threshold:.3g}" if b.mode in ("hard", "soft")
+             else f"blender: {b.mode} weight over \u03b4 (and |dict \u2212 CNN|)")
+    png = _figure(cases, out_dir / "demo.png", label)
     total = time.perf_counter() - t0
     report = {
         "notice": "research software, no diagnostic claim",
