@@ -69,7 +69,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hybrid.proposal import Proposal
-from hybrid.volume import Volume, as_hu_array
+from hybrid.volume import Volume, as_bool_mask, as_hu_array
 
 __all__ = [
     "HU_SCALE",
@@ -116,15 +116,7 @@ def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
     """``mask`` as a bool array of ``shape`` (a 2-D mask for a 2-D image is lifted), or None."""
     if mask is None:
         return None
-    m = np.asarray(mask)
-    if m.dtype != bool:
-        if m.dtype.kind in "biuf" and np.isin(m, (0, 1)).all():
-            m = m.astype(bool)
-        else:
-            raise ValueError(
-                f"Expected `{name}` as a boolean array; received dtype {m.dtype}. "
-                "Pass e.g. `labels > 0` or `mask.astype(bool)`."
-            )
+    m = as_bool_mask(mask, name=name)
     if m.ndim == 2 and len(shape) == 3 and shape[0] == 1:
         m = m[np.newaxis]
     if m.shape != tuple(shape):

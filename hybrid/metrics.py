@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.volume import as_bool_mask
+
 __all__ = [
     "Window",
     "LUNG",
@@ -156,16 +158,7 @@ def _as_mask(
     """A boolean mask of ``shape`` (with at least one True pixel unless ``allow_empty``); None -> all True."""
     if mask is None:
         return np.ones(shape, dtype=bool)
-    m = np.asarray(mask)
-    if m.dtype != bool:
-        if m.dtype.kind in "biuf" and np.isin(m, (0, 1)).all():
-            m = m.astype(bool)
-        else:
-            raise ValueError(
-                f"Expected `{name}` as a boolean array; received dtype {m.dtype}"
-                + (" with values other than 0 and 1" if m.dtype.kind in "biuf" else "")
-                + ". Pass e.g. `labels > 0` or `mask.astype(bool)`."
-            )
+    m = as_bool_mask(mask, name=name)
     if m.shape != tuple(shape):
         raise ValueError(
             f"Expected `{name}` of the image's shape {tuple(shape)}; received {m.shape}."

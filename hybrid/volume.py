@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "Provenance", "as_hu_array"]
+__all__ = ["Volume", "Provenance", "as_hu_array", "as_bool_mask"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,21 @@ def as_hu_array(array: Any, *, name: str = "array") -> np.ndarray:
             f"out of {arr.size}. Replace them (e.g. np.nan_to_num(x, nan=-1000.0)) before use."
         )
     return arr
+
+
+def as_bool_mask(mask: Any, *, name: str = "mask") -> np.ndarray:
+    """Return ``mask`` as a bool array (0/1 numbers accepted), or raise a clear error."""
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        if m.dtype.kind in "biuf" and np.isin(m, (0, 1)).all():
+            m = m.astype(bool)
+        else:
+            raise ValueError(
+                f"Expected `{name}` as a boolean array; received dtype {m.dtype}"
+                + (" with values other than 0 and 1" if m.dtype.kind in "biuf" else "")
+                + ". Pass e.g. `labels > 0` or `mask.astype(bool)`."
+            )
+    return m
 
 
 @dataclass(frozen=True, eq=False)
