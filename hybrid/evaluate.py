@@ -1064,7 +1064,6 @@ def dose_sweep(
     from hybrid.data import iter_cases, load_case
     from hybrid.physics import simulate_low_dose
     from hybrid.pipeline import Enhancer
-    from hybrid.volume import Volume
 
     root = Path(data_root)
     path = next((p for e, p in iter_cases(root) if e["case_id"] == case_id), None)
@@ -1074,8 +1073,8 @@ def dose_sweep(
     sl = central_slices(len(case.nd), n_slices)
     nd = case.nd[sl]
     lung, body = case.lung_mask[sl], case.body_mask[sl]
-    prov = case.uld.slab(sl[0], sl[-1] + 1).provenance if sl == list(range(sl[0], sl[-1] + 1)) else None
-    source = Volume(nd, case.uld.spacing, prov) if prov is not None else Volume(nd, case.uld.spacing)
+    # central_slices is a contiguous run: the slab keeps the source's provenance (kernel, headers).
+    source = case.uld.slab(sl[0], sl[-1] + 1).with_array(nd)
     if baseline_params is None:
         baseline_params = {}
         tuned = Path(__file__).resolve().parents[1] / "experiments" / "results" / "baselines_heldout.json"
