@@ -74,6 +74,27 @@ def _disk(radius_px: float) -> np.ndarray:
     return (yy * yy + xx * xx) <= radius_px * radius_px + 1e-6
 
 
+def _morph(op, mask: np.ndarray, st: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_<op>(mask, structure=st)`` computed on the mask's bounding box only.
+
+    Exact (the same result as on the whole image): outside the box grown by
+    the structure's radius every pixel is False before and after a dilation
+    or an opening, and where the box meets the image edge it is the image
+    edge, treated the same way.  Airway masks cover a few hundred of the
+    262 144 pixels of a slice, so this is many times faster than morphology
+    over the whole slice.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros_like(mask, dtype=bool)
+    ry, rx = st.shape[0] // 2 + 1, st.shape[1] // 2 + 1
+    y0, y1 = max(rows[0] - ry, 0), min(rows[-1] + ry + 1, mask.shape[0])
+    x0, x1 = max(cols[0] - rx, 0), min(cols[-1] + rx + 1, mask.shape[1])
+    out = np.zeros_like(mask, dtype=bool)
+    out[y0:y1, x0:x1] = op(mask[y0:y1, x0:x1], structure=st)
+    return out
+
+
 def _smooth(arr: np.ndarray, sigma_px: float) -> np.ndarray:
     if sigma_px <= 0:
         return arr
@@ -175,7 +196,7 @@ def _remove_large_airways(cand, arr, sm, bm, px, *, airway_hu, grow_mm):
                 continue
             lab, sizes, objs = labels[k]
             xc, half_w = centre[k]
-            hit = np.unique(lab[ndimage.binary_dilation(air[prev], structure=grow) & (lab > 0)])
+            hit = np.unique(lab[_morph(ndimage.binary_dilation, air[prev], grow) & (lab > 0)])
             for i in hit:
                 sl = objs[i - 1]
                 cx = 0.5 * (sl[1].start + sl[1].stop - 1)
@@ -184,13 +205,13 @@ def _remove_large_airways(cand, arr, sm, bm, px, *, airway_hu, grow_mm):
     for k in range(nz):
         if not air[k].any():
             continue
-        a = ndimage.binary_dilation(air[k], structure=grow)
+        a = _morph(ndimage.binary_dilation, air[k], grow)
         cand[k] &= ~a
         # what is left of the airway (the rim of its lumen) is a small piece that touched it
         lab2, n2 = ndimage.label(cand[k])
         if n2:
             sz2 = np.bincount(lab2.ravel(), minlength=n2 + 1)
-            near = np.unique(lab2[ndimage.binary_dilation(a, structure=grow) & (lab2 > 0)])
+            near = np.unique(lab2[_morph(ndimage.binary_dilation, a, grow) & (lab2 > 0)])
             small = near[sz2[near] <= min(3.0 * a.sum(), a_max)]
             if small.size:
                 cand[k] &= ~np.isin(lab2, small)
@@ -241,10 +262,10 @@ def _body_from_smoothed(sm, sp, *, threshold_hu, open_mm):
         m = sm[k] > threshold_hu
         if not m.any():
             continue
-        m = ndimage.binary_opening(m, structure=st)
+        m = _morph(ndimage.binary_opening, m, st)
         m = _largest_2d(m)
         # the opening also rounds the skin off: add back tissue touching the kept body
-        m = ndimage.binary_dilation(m, structure=st) & (sm[k] > threshold_hu)
+        m = _morph(ndimage.binary_dilation, m, st) & (sm[k] > threshold_hu)
         m = _largest_2d(m)
         out[k] = ndimage.binary_fill_holes(m)
     return out
