@@ -304,12 +304,14 @@ def _fit_table2d(cnn, dic, dist, g, nd, pw, *, n_bins: tuple[int, int]) -> Blend
 def _bilinear(table, d: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of a table2d weight, constant beyond the outer knots; 0 where d is +inf."""
     d_k, g_k, w = (np.asarray(t, np.float64) for t in table)
-    dd = np.where(np.isfinite(d), d, d_k[-1])
+    out = np.zeros(np.shape(d), np.float32)
+    sel = ~np.isposinf(d)  # only these (the body) need the table: the rest stays 0
+    dd, g = d[sel], np.broadcast_to(g, np.shape(d))[sel]
+    dd = np.where(np.isfinite(dd), dd, d_k[-1])
     i = np.clip(np.searchsorted(d_k, dd) - 1, 0, len(d_k) - 2)
     j = np.clip(np.searchsorted(g_k, g) - 1, 0, len(g_k) - 2)
     td = np.clip((dd - d_k[i]) / (d_k[i + 1] - d_k[i]), 0, 1)
     tg = np.clip((g - g_k[j]) / (g_k[j + 1] - g_k[j]), 0, 1)
-    out = ((1 - td) * (1 - tg) * w[i, j] + td * (1 - tg) * w[i + 1, j]
-           + (1 - td) * tg * w[i, j + 1] + td * tg * w[i + 1, j + 1]).astype(np.float32)
-    out[np.isposinf(d)] = 0.0
+    out[sel] = ((1 - td) * (1 - tg) * w[i, j] + td * (1 - tg) * w[i + 1, j]
+                + (1 - td) * tg * w[i, j + 1] + td * tg * w[i + 1, j + 1])
     return out

@@ -82,7 +82,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.io._atomic import sha256_file
+from hybrid.io._atomic import atomic_file, sha256_file
 from hybrid.patches import check_patch_size, extract_patches, grid_centers, overlap_add
 from hybrid.proposal import Proposal
 from hybrid.volume import Volume, as_hu_array
@@ -155,13 +155,27 @@ class DictionaryConfig:
         Sampled patches kept out of the index to calibrate the distance.
     seed : int
         Seed of the sampling (builds are reproducible).
+    cpu_graph : int or None
+        On CPU, search an HNSW graph with this many links per node (``M``)
+        built over the stored exact keys when first needed, instead of the
+        stored index (``efSearch`` comes from ``search_params``).  The graph
+        is built single-threaded, so it is the same on every machine and
+        every load (results are reproducible), takes about 5 s for 200 k
+        entries and is cached on disk (:func:`graph_cache_dir`); it is not
+        shipped because it would take the default dictionary over its 40 MB
+        budget (38 MB for the graph alone).  Measured on 209 k body patches
+        of a held-out real chest series at stride 2 (2 shared cores, same
+        run): HNSW16 efSearch 16: 218 k queries/s, recall@1 0.928, L2 excess
+        0.86 % against exact search; the stored IVF2048,Flat at nprobe 8:
+        80-120 k/s, recall 0.93; exact search 28 k/s.  None: search the
+        stored index (what a GPU always does).
     """
 
     patch_size: int = 7
     hu_scale: float = 100.0
     pca_dim: int | None = 16
     factory: str = "IVF{nlist},Flat"
-    search_params: str = "nprobe=16"
+    search_params: str = "nprobe=16,efSearch=16"
     max_patches: int = 150_000
     train_stride: int = 1
     hu_bands: tuple[float, ...] = (-900.0, -500.0, -150.0, 150.0, 400.0)
@@ -169,6 +183,7 @@ class DictionaryConfig:
     value_dtype: str = "float16"
     n_heldout: int = 2000
     seed: int = 0
+    cpu_graph: int | None = 16
 
     def __post_init__(self) -> None:
         check_patch_size(self.patch_size)
@@ -185,6 +200,13 @@ class DictionaryConfig:
             raise ValueError(
                 f"Invalid value for argument `pca_dim`. Expected None or an integer in "
                 f"[1, {self.patch_size**2 - 1}]. Received pca_dim={self.pca_dim!r}."
+            )
+        if self.cpu_graph is not None and not (
+            isinstance(self.cpu_graph, (int, np.integer)) and 4 <= self.cpu_graph <= 128
+        ):
+            raise ValueError(
+                f"Invalid value for argument `cpu_graph`. Expected None or an integer in [4, 128] "
+                f"(HNSW links per node). Received cpu_graph={self.cpu_graph!r}."
             )
         if self.value_dtype not in ("float16", "float32"):
             raise ValueError(
@@ -720,6 +742,17 @@ class PatchDictionary:
         self._apply_search_params(self._index)
         self._search_index = None  # rebuilt (and re-moved to the GPU) on the next search
 
+    def set_cpu_graph(self, m: int | None) -> None:
+        """Search on CPU an HNSW graph with ``m`` links per node, or (None) the stored index.
+
+        Changes ``config.cpu_graph`` (saved with the dictionary); see
+        :class:`DictionaryConfig` for what the graph is and what it buys.
+        """
+        self.config = dataclasses.replace(self.config, cpu_graph=m)  # validates m
+        if isinstance(self.meta.get("config"), dict):
+            self.meta["config"]["cpu_graph"] = m
+        self._search_index = None
+
     def _ensure_search_index(self) -> Any:
         if self._search_index is not None:
             return self._search_index
@@ -733,6 +766,10 @@ class PatchDictionary:
         )
         self._search_index, self._search_space = self._index, "full" if exact_space else "index"
         want_gpu = self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0)
+        if not want_gpu and self.config.cpu_graph:
+            graph = self._cpu_graph()
+            if graph is not None:
+                self._search_index, self._search_space = graph, "full"
         if want_gpu:
             if _num_gpus() == 0:
                 raise RuntimeError(
@@ -756,6 +793,44 @@ class PatchDictionary:
                     self._search_index = faiss.index_cpu_to_all_gpus(flat)
                     self._search_space = "full"
         return self._search_index
+
+    def _cpu_graph(self) -> Any:
+        """The HNSW graph over the stored keys (see ``DictionaryConfig.cpu_graph``), or None
+        where the index keeps no exact keys.  Loaded from the cache when there."""
+        import faiss
+
+        m = int(self.config.cpu_graph)
+        digest = self.meta.get("files", {}).get(_INDEX_FILE)
+        cache = None
+        if digest:
+            tag = hashlib.sha256(f"{digest}/HNSW{m}/ef{_GRAPH_EF_CONSTRUCTION}/"
+                                 f"{faiss.__version__}".encode()).hexdigest()[:24]
+            folder = graph_cache_dir()
+            cache = folder / f"hnsw-{tag}.faiss" if folder is not None else None
+        graph = None
+        if cache is not None and cache.is_file():
+            try:
+                graph = faiss.read_index(str(cache))
+            except RuntimeError:  # a damaged cache file: build again
+                graph = None
+            if graph is not None and graph.ntotal != len(self):
+                graph = None
+        if graph is None:
+            keys = self.stored_keys()
+            if keys is None:
+                return None
+            graph = faiss.IndexHNSWFlat(keys.shape[1], m)
+            graph.hnsw.efConstruction = _GRAPH_EF_CONSTRUCTION
+            with _faiss_threads(1):  # one thread: the same graph on every machine and load
+                graph.add(keys)
+            if cache is not None:
+                try:
+                    with atomic_file(cache) as tmp:
+                        faiss.write_index(graph, str(tmp))
+                except OSError:  # a read-only home: fine, the graph lives in memory
+                    pass
+        self._apply_search_params(graph)
+        return graph
 
     def stored_keys(self) -> np.ndarray | None:
         """The exact keys ``(n, key_dim)`` float32, if the index keeps them, else None.
@@ -1099,6 +1174,20 @@ class PatchDictionary:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+_GRAPH_EF_CONSTRUCTION = 40
+
+
+def graph_cache_dir() -> Path | None:
+    """Where CPU search graphs are cached: ``$HYBRID_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/hybrid`` or ``~/.cache/hybrid``; ``HYBRID_CACHE_DIR=""`` turns
+    the cache off (None).  Only derived data lives there: deleting it is safe."""
+    env = os.environ.get("HYBRID_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hybrid"
 
 
 def _num_gpus() -> int:

@@ -292,6 +292,13 @@ class Enhancer:
                 f"Received stride={stride!r}."
             )
         self.stride = int(stride)
+        self._last = threading.local()
+
+    @property
+    def last_info(self) -> dict[str, Any] | None:
+        """What the last :meth:`enhance` call of this thread did: settings, models and
+        seconds (total and per stage: segment, cnn, dictionary, blend); None before one."""
+        return getattr(self._last, "info", None)
 
     # ------------------------------------------------------------------ loading
     def _load_blender(self, blender: Any, default: Path):
@@ -424,8 +431,11 @@ class Enhancer:
         try:
             # 3-D segmentation on the whole volume (see module docs)
             bar.set_description("hybrid.enhance: lung segmentation")
+            clock = time.perf_counter()
             body = body_mask(arr, spacing=spacing)
             lung = segment(arr, spacing=spacing, body=body)
+            stages = {"segment": time.perf_counter() - clock, "cnn": 0.0, "dictionary": 0.0,
+                      "blend": 0.0}
             bar.set_description("hybrid.enhance")
             out = np.empty(arr.shape, np.float32)
             if return_maps:
@@ -438,11 +448,17 @@ class Enhancer:
             for start in range(0, nz, self.batch_slices):
                 s = slice(start, min(start + self.batch_slices, nz))
                 x = arr[s]
+                clock = time.perf_counter()
                 cnn_p = self.cnn.propose(x, lung[s], batch_size=self.batch_slices)
+                stages["cnn"] += time.perf_counter() - clock
+                clock = time.perf_counter()
                 dict_p = self.dictionary.propose(x, body_mask=body[s], stride=self.stride,
                                                  k=self.k)
+                stages["dictionary"] += time.perf_counter() - clock
+                clock = time.perf_counter()
                 res = self.blender.blend(cnn_p, dict_p)
                 out[s] = res.image
+                stages["blend"] += time.perf_counter() - clock
                 if return_maps:
                     maps["cnn"][s] = cnn_p.image
                     maps["dictionary"][s] = dict_p.image
@@ -471,7 +487,9 @@ class Enhancer:
                         "softness": self.blender.softness},
             "models": dict(self.sources),
             "seconds": round(time.perf_counter() - t0, 3),
+            "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()},
         }
+        self._last.info = info
         log.info("enhanced %d slice(s) %s in %.1f s", nz, arr.shape[1:], info["seconds"])
         if vol is not None:
             result: Any = vol.with_array(out, step=step)

@@ -121,16 +121,22 @@ def test_recall_against_exact_search(dictionary, data):
     exact = faiss.IndexFlatL2(dictionary.meta["key_dim"])
     exact.add(dictionary.stored_keys())
     _, gt = exact.search(dictionary.keys_of(q), 1)
+    # the default CPU search: the HNSW graph over the stored keys (cpu_graph=16, efSearch=16)
     _, ids = dictionary.search(q, k=1)
     recall = float(np.mean(ids[:, 0] == gt[:, 0]))
-    # recall@1 0.949 seen (IVF1024,Flat nprobe=16, 40 k entries, 16-d keys); floor 0.9
-    assert recall >= 0.9, recall
-    dictionary.set_search_params("nprobe=1024")  # all lists: exact
+    assert recall >= 0.9, recall  # 0.948 seen; floor 0.9 (issue #5)
+    params = dictionary.meta["search_params"]
+    dictionary.set_cpu_graph(None)  # the stored IVF1024,Flat index
     try:
+        _, ids = dictionary.search(q, k=1)
+        recall = float(np.mean(ids[:, 0] == gt[:, 0]))
+        assert recall >= 0.9, recall  # 0.949 seen (nprobe=16, 40 k entries, 16-d keys)
+        dictionary.set_search_params("nprobe=1024")  # all lists: exact
         _, ids = dictionary.search(q, k=1)
         assert np.mean(ids[:, 0] == gt[:, 0]) > 0.999
     finally:
-        dictionary.set_search_params("nprobe=16")
+        dictionary.set_search_params(params)
+        dictionary.set_cpu_graph(16)
 
 
 def test_patient_in_dictionary_is_reproduced_and_unseen_pattern_is_far(data):

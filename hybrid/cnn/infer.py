@@ -90,6 +90,28 @@ def _hybrid_version() -> str:
         return "unknown"
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16() -> bool:
+    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 flags in
+    /proc/cpuinfo) and TensorFlow sees no GPU; ``HYBRID_CNN_PRECISION=float32`` forces False."""
+    global _NATIVE_BF16
+    if os.environ.get("HYBRID_CNN_PRECISION", "").lower() == "float32":
+        return False
+    if _NATIVE_BF16 is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            flags = ""
+        cpu = " avx512_bf16" in flags or " amx_bf16" in flags
+        _NATIVE_BF16 = cpu and not tf.config.list_physical_devices("GPU")
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
 class CNNPair:
     """The lung model and the body model with their configurations and metadata.
 
@@ -102,6 +124,17 @@ class CNNPair:
     metadata : dict, optional
         JSON-serialisable information saved with the pair, e.g. ``data_manifest``
         (see :func:`~hybrid.cnn.train.data_manifest`) and validation scores.
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of inference (the weights stay float32).  "bfloat16" runs
+        every layer but the first in bfloat16 and adds the predicted residual
+        to the input in float32; "auto" (default) picks it where the CPU
+        computes bfloat16 natively (AVX512-BF16 or AMX, see
+        :func:`native_bfloat16`) and no GPU is visible, float32 otherwise.
+        Measured on the shipped pair, 16 held-out real slices (A0001-B):
+        3-4x faster per model; 0.8-1.0 HU RMS difference to float32; RMSE
+        against the normal dose +0.2 % (body model 28.79 -> 28.86 HU, lung
+        model 28.88 -> 28.94 HU).  Results are reproducible on one machine
+        but can differ by about that much between CPUs of another kind.
 
     Examples
     --------
@@ -119,7 +152,14 @@ class CNNPair:
         lung_config: CNNConfig,
         body_config: CNNConfig,
         metadata: dict[str, Any] | None = None,
+        precision: str = "auto",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"Invalid value for argument `precision`. Expected one of {PRECISIONS}. "
+                f"Received precision={precision!r}"
+            )
+        self.precision = precision
         for key, cfg, region in (
             ("lung_config", lung_config, "lung"),
             ("body_config", body_config, "body"),
@@ -305,16 +345,40 @@ class CNNPair:
         return pair
 
     # ------------------------------------------------------------------ inference
+    @property
+    def active_precision(self) -> str:
+        """The arithmetic inference uses here: "float32" or "bfloat16" (see ``precision``)."""
+        if self.precision == "auto":
+            return "bfloat16" if native_bfloat16() else "float32"
+        return self.precision
+
     def _fn(self, region: str):
-        fn = self._fns.get(region)
+        precision = self.active_precision
+        fn = self._fns.get((region, precision))
         if fn is None:
             model = self.lung_model if region == "lung" else self.body_model
+            config = self.lung_config if region == "lung" else self.body_config
+            if precision == "bfloat16":
+                low = build_model(config, dtype="mixed_bfloat16")
+                low.set_weights(model.get_weights())
+                if config.residual:  # the residual in bfloat16, added to the input in float32
+                    res = keras.Model(low.input, low.get_layer("residual").output)
 
-            @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
-            def fn(x):
-                return model(x, training=False)
+                    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+                    def fn(x):
+                        return x + tf.cast(res(x, training=False), tf.float32)
+                else:
 
-            self._fns[region] = fn
+                    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+                    def fn(x):
+                        return tf.cast(low(x, training=False), tf.float32)
+            else:
+
+                @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+                def fn(x):
+                    return model(x, training=False)
+
+            self._fns[(region, precision)] = fn
         return fn
 
     def predict_region(self, region: str, slices: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def get_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(config: CNNConfig, *, seed: int | None = 0) -> keras.Model:
+def build_model(config: CNNConfig, *, seed: int | None = 0, dtype: str | None = None) -> keras.Model:
     """Build the fully convolutional regressor described by ``config``.
 
     Parameters
@@ -74,6 +74,10 @@ def build_model(config: CNNConfig, *, seed: int | None = 0) -> keras.Model:
         Architecture and normalisation.
     seed : int or None
         Seed of the weight initialisers (None: non-deterministic).
+    dtype : str, optional
+        Keras dtype policy of the layers, e.g. ``"mixed_bfloat16"`` (float32
+        weights, bfloat16 arithmetic) for fast inference on CPUs with native
+        bfloat16; None: the global policy (float32).
 
     Returns
     -------
@@ -102,10 +106,11 @@ def build_model(config: CNNConfig, *, seed: int | None = 0) -> keras.Model:
             use_bias=not config.batch_norm,
             kernel_initializer=init(i),
             name=f"conv{i}",
+            dtype=dtype if i > 0 else None,  # the input itself at full precision
         )(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.Activation(config.activation, name=f"act{i}")(x)
+            x = layers.BatchNormalization(name=f"bn{i}", dtype=dtype)(x)
+        x = layers.Activation(config.activation, name=f"act{i}", dtype=dtype)(x)
     last_init = "zeros" if config.residual else init(config.depth)
     x = layers.Conv2D(
         1,
@@ -114,6 +119,7 @@ def build_model(config: CNNConfig, *, seed: int | None = 0) -> keras.Model:
         dilation_rate=dil[-1],
         kernel_initializer=last_init,
         name="residual" if config.residual else "output",
+        dtype=dtype,
     )(x)
     if config.residual:
         x = layers.Add(name="nd")([inputs, x])
