@@ -78,3 +78,15 @@ notebook: setup
 .PHONY: cv
 cv: setup
 	$(PY) -m hybrid.evaluate cv $(if $(filter 1,$(FAST)),--fast,)
+
+# ---------------------------------------------------------------- batch on Dask
+# `make enhance-batch IN="series1 series2 folder/" OUT=DIR [WORKERS=N] [SCHEDULER=tcp://host:8786]`:
+# one Dask task per series, resumable (DIR/manifest.jsonl); see `hybrid batch --help`.
+# `make bench-batch`: throughput with 1 and 2 workers -> experiments/results/bench_batch.json.
+.PHONY: enhance-batch bench-batch
+enhance-batch: setup
+	@test -n "$(IN)" && test -n "$(OUT)" || { echo "usage: make enhance-batch IN='SERIES...' OUT=DIR [WORKERS=N] [SCHEDULER=tcp://host:8786]" >&2; exit 2; }
+	$(VENV)/bin/hybrid batch $(IN) --out $(OUT) $(if $(WORKERS),--workers $(WORKERS),) $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+
+bench-batch: setup
+	$(PY) experiments/bench_batch.py

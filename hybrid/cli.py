@@ -1,8 +1,9 @@
 """The ``hybrid`` command line.
 
 Subcommands: ``info`` (describe a series), ``enhance`` (restore an
-ultra-low-dose series), ``data`` (build the paired dataset).  ``--help``
-works everywhere.
+ultra-low-dose series), ``data`` (build the paired dataset), ``serve`` (a
+DICOM node beside a PACS, :mod:`hybrid.serve`), ``batch`` (many series on
+Dask, :mod:`hybrid.batch`).  ``--help`` works everywhere.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or bad input
 (the message says what was expected, what was received and how to fix it).
@@ -84,6 +85,16 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def save_options(enhanced, fmt: str) -> dict:
+    """Writer options for an enhanced volume (DICOM: the derivation description)."""
+    if fmt != "dicom":
+        return {}
+    return {"derivation": (
+        f"Enhanced by {enhanced.provenance.derived_from[-1]} (ultra-low-dose CT restoration; "
+        "research software, no diagnostic claim)"
+    )[:1024]}
+
+
 def _cmd_enhance(args: argparse.Namespace) -> int:
     import time
 
@@ -120,12 +131,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     enhanced, maps = res if args.maps else (res, None)
-    options = {}
-    if fmt == "dicom":
-        options["derivation"] = (
-            f"Enhanced by {enhanced.provenance.derived_from[-1]} (ultra-low-dose CT restoration; "
-            "research software, no diagnostic claim)"
-        )[:1024]
+    options = save_options(enhanced, fmt)
     written = hybrid.save(enhanced, out, format=fmt, overwrite=args.overwrite, **options)
     print(f"enhanced {vol.shape[0]} slice(s) of {vol.shape[1]}x{vol.shape[2]} in {seconds:.1f} s")
     if fmt == "dicom":
@@ -193,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid.data import add_cli as add_data_cli
 
     add_data_cli(sub)
+    from hybrid.serve import add_cli as add_serve_cli
+
+    add_serve_cli(sub)
+    from hybrid.batch import add_cli as add_batch_cli
+
+    add_batch_cli(sub)
     return parser
 
 
