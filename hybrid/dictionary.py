@@ -82,6 +82,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid._parallel import available_cores, thread_map
 from hybrid.io._atomic import atomic_file, sha256_file
 from hybrid.patches import check_patch_size, extract_patches, grid_centers, overlap_add
 from hybrid.proposal import Proposal
@@ -272,18 +273,6 @@ def _faiss_threads(n_threads: int | None) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(previous)
-
-
-def _default_threads() -> int:
-    """Cores this process may use (affinity), capped by OMP_NUM_THREADS if set."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        n = os.cpu_count() or 1
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        n = min(n, int(env))
-    return max(1, n)
 
 
 def _auto_nlist(n: int) -> int:
@@ -536,7 +525,7 @@ class PatchDictionary:
                 f"Expected config to be a DictionaryConfig; received {type(cfg).__name__}."
             )
         pairs = _check_pairs(pairs)
-        n_threads = n_threads if n_threads is not None else _default_threads()
+        n_threads = n_threads if n_threads is not None else available_cores()
         rng = np.random.default_rng(cfg.seed)
         size = cfg.patch_size
         n_strata = (len(cfg.hu_bands) + 1) * (len(cfg.std_bins) + 1)
@@ -1032,15 +1021,18 @@ class PatchDictionary:
         if none.any():  # no neighbour at all (sparse IVF lists): keep the input patch
             pred[none] = patches[none]
         best = delta[:, 0]
-        start = 0
-        for z, c in batch:
-            sl = slice(start, start + len(c))
-            start += len(c)
+        starts = np.cumsum([0] + [len(c) for _, c in batch])
+
+        def put_back(i: int) -> None:  # slices are independent: threads, same result
+            z, c = batch[i]
+            sl = slice(starts[i], starts[i + 1])
             img, wmap = overlap_add(pred[sl], c, stack[z].shape, size=size)
             dmap, _ = overlap_add(best[sl], c, stack[z].shape, size=size)
             sel = mask[z] & (wmap > 0)
             out[z][sel] = img[sel]
             dist_out[z][sel] = dmap[sel]
+
+        thread_map(put_back, range(len(batch)))
 
     # ------------------------------------------------------------------ persistence
 
@@ -1168,7 +1160,7 @@ class PatchDictionary:
             key_norm=key_norm,
             projection=projection,
             meta=meta,
-            n_threads=n_threads if n_threads is not None else _default_threads(),
+            n_threads=n_threads if n_threads is not None else available_cores(),
             device=device,
         )
 

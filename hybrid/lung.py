@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from hybrid._parallel import available_cores, thread_map
 from hybrid.volume import Volume, as_hu_array
 
 __all__ = ["segment", "body_mask"]
@@ -98,7 +99,17 @@ def _morph(op, mask: np.ndarray, st: np.ndarray) -> np.ndarray:
 def _smooth(arr: np.ndarray, sigma_px: float) -> np.ndarray:
     if sigma_px <= 0:
         return arr
-    return ndimage.gaussian_filter(arr, sigma=(0.0, sigma_px, sigma_px), truncate=2.5)
+    out = np.empty(arr.shape, dtype=np.result_type(arr.dtype, np.float32))
+    nz = arr.shape[0]
+    chunks = min(available_cores(), nz)
+    bounds = np.linspace(0, nz, chunks + 1).astype(int)
+
+    def run(i: int) -> None:  # no smoothing along z: chunks of slices are independent
+        a, b = bounds[i], bounds[i + 1]
+        out[a:b] = ndimage.gaussian_filter(arr[a:b], sigma=(0.0, sigma_px, sigma_px), truncate=2.5)
+
+    thread_map(run, range(chunks))
+    return out
 
 
 def _largest_2d(mask: np.ndarray, keep_frac: float = 0.0) -> np.ndarray:
@@ -164,19 +175,20 @@ def _remove_large_airways(cand, arr, sm, bm, px, *, airway_hu, grow_mm):
     centre = [None] * nz
     labels = [None] * nz
     air = [np.zeros(cand.shape[1:], dtype=bool) for _ in range(nz)]
-    for k in range(nz):
+
+    def first(k: int) -> None:  # per slice: candidate components and air cores
         if not bm[k].any():
-            continue
+            return
         xs = np.flatnonzero(bm[k].any(axis=0))
         centre[k] = (0.5 * (xs[0] + xs[-1]), 0.5 * (xs[-1] - xs[0] + 1))
         lab, n = ndimage.label(cand[k])
         if n == 0:
-            continue
+            return
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         labels[k] = (lab, sizes, ndimage.find_objects(lab))
         core = (sm2[k] < airway_hu) & cand[k]
         if not core.any():
-            continue
+            return
         clab, cn = ndimage.label(core)
         csz = np.bincount(clab.ravel(), minlength=cn + 1)
         xc, half_w = centre[k]
@@ -188,6 +200,8 @@ def _remove_large_airways(cand, arr, sm, bm, px, *, airway_hu, grow_mm):
             # a real lumen is deep air, a noise speck only just crosses the threshold
             if abs(cx - xc) < 0.4 * half_w and sm[k][sl][comp].min() < airway_hu - 30.0:
                 air[k][sl] |= comp
+
+    thread_map(first, range(nz))  # slices are independent: the same result
     # follow the airways through neighbouring slices, both directions
     for order in (range(nz - 2, -1, -1), range(1, nz)):
         for k in order:
@@ -258,16 +272,19 @@ def body_mask(
 def _body_from_smoothed(sm, sp, *, threshold_hu, open_mm):
     st = _disk(open_mm / sp[2])
     out = np.zeros(sm.shape, dtype=bool)
-    for k in range(sm.shape[0]):
+
+    def one(k: int) -> None:
         m = sm[k] > threshold_hu
         if not m.any():
-            continue
+            return
         m = _morph(ndimage.binary_opening, m, st)
         m = _largest_2d(m)
         # the opening also rounds the skin off: add back tissue touching the kept body
         m = _morph(ndimage.binary_dilation, m, st) & (sm[k] > threshold_hu)
         m = _largest_2d(m)
         out[k] = ndimage.binary_fill_holes(m)
+
+    thread_map(one, range(sm.shape[0]))
     return out
 
 
@@ -373,7 +390,10 @@ def segment(
     # fill vessels/nodules per component and slice, with a closing per component
     st = _disk(close_mm / px)
     max_hole_px = max_hole_mm2 / (sp[1] * sp[2])
-    for k in range(nz):
+
+    def close(k: int) -> None:
         if mask[k].any():
             mask[k] = _close_fill_components_2d(mask[k], st, max_hole_px) & bm[k]
+
+    thread_map(close, range(nz))
     return mask[0] if two_d else mask

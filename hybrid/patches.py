@@ -269,11 +269,18 @@ def overlap_add(
         else counts.astype(np.float64)
     )
     wmap = _box_sum(centre_w.reshape(hp, wp)[: shape[0], : shape[1]], size)
-    acc = np.zeros(hp * wp, dtype=np.float64)
     vals = p.astype(np.float64) * w[:, None] if w is not None else p
+    out = np.full(shape, fill, dtype=np.float64)
+    covered = wmap > 0
+    if per_patch_scalar:  # one value over the whole window: a box sum of the centre values
+        centre_v = np.bincount(flat_c, weights=vals[:, 0], minlength=hp * wp)
+        acc = _box_sum(centre_v.reshape(hp, wp)[: shape[0], : shape[1]], size)
+        out[covered] = acc[covered] / wmap[covered]
+        return out.astype(np.float32), wmap.astype(np.float32)
+    acc = np.zeros(hp * wp, dtype=np.float64)
     for dy in range(size):
         for dx in range(size):
-            col = vals[:, 0] if per_patch_scalar else vals[:, dy * size + dx]
+            col = vals[:, dy * size + dx]
             idx = flat_c + (dy * wp + dx)
             # distinct centres -> distinct targets for a fixed offset: plain scatter is exact
             if unique:
@@ -281,7 +288,5 @@ def overlap_add(
             else:
                 acc += np.bincount(idx, weights=col, minlength=hp * wp)
     acc = acc.reshape(hp, wp)[r : r + shape[0], r : r + shape[1]]
-    out = np.full(shape, fill, dtype=np.float64)
-    covered = wmap > 0
     out[covered] = acc[covered] / wmap[covered]
     return out.astype(np.float32), wmap.astype(np.float32)

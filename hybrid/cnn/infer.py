@@ -77,7 +77,18 @@ def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
     if sigma == 0:
         return m
     sig = (0.0,) * (m.ndim - 2) + (float(sigma), float(sigma))
-    w = gaussian_filter(m, sigma=sig, mode="nearest", truncate=_TRUNCATE)
+    # Only the lungs' bounding box grown by the filter's reach can be non-zero: filter that
+    # crop (the same result; where the crop meets the image edge it is the image edge).
+    plane = m.reshape((-1,) + m.shape[-2:]).any(axis=0)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if rows.size == 0:
+        return np.zeros_like(m)
+    reach = int(_TRUNCATE * float(sigma) + 0.5) + 1
+    y0, y1 = max(rows[0] - reach, 0), min(rows[-1] + reach + 1, m.shape[-2])
+    x0, x1 = max(cols[0] - reach, 0), min(cols[-1] + reach + 1, m.shape[-1])
+    w = np.zeros_like(m)
+    crop = (..., slice(y0, y1), slice(x0, x1))
+    w[crop] = gaussian_filter(m[crop], sigma=sig, mode="nearest", truncate=_TRUNCATE)
     return np.clip(w, 0.0, 1.0, out=w)
 
 
