@@ -84,30 +84,56 @@ def calibrate_blender(
     patients: Sequence[str] = CALIBRATION_PATIENTS,
     stride: int = 2,
     include_aug: bool = True,
+    sharp_variants: bool = True,
     out: str | os.PathLike | None = None,
 ):
     """Calibrate the blender on ``patients`` with the given CNN pair and dictionary.
 
     With ``include_aug`` each case also contributes its copy at another dose
     (1–10 %), so the weights hold across doses, not only at 2 %.
+
+    With ``sharp_variants`` each *real* calibration case reconstructed with a
+    smooth or standard kernel also contributes a sharp-kernel version of
+    itself: its normal-dose image re-filtered to the sharp kernel
+    (:func:`hybrid.physics.convert_kernel`; pancreas: 11 -> 40 HU of noise) and
+    that image's simulated 2 % and 5 % doses.  Why: the only other sharp
+    calibration data are phantoms, on which the dictionary helps more than on
+    real sharp-kernel scans; calibrated without them the hybrid lost to its
+    CNN on the held-out real sharp series A0001-L (RMSE 102.1 vs 101.2 HU;
+    with them 101.0, `experiments/build_defaults.py heldout`).
     """
     from hybrid.blend import calibrate
     from hybrid.lung import segment
+    from hybrid.physics import convert_kernel, simulate_low_dose
+    from hybrid.volume import Volume
 
     samples = []
+
+    def add(uld, nd, body, spacing):
+        lung = segment(uld, spacing=spacing)
+        c = cnn.propose(uld, lung)
+        d = dictionary.propose(uld, body_mask=body, stride=stride)
+        samples.append((c.image, d.image, d.confidence, nd, body))
+
+    n_sharp = 0
     for case in _cases(root, patients):
         inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
         for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
-            lung = segment(uld, spacing=case.uld.spacing)
-            c = cnn.propose(uld, lung)
-            d = dictionary.propose(uld, body_mask=case.body_mask, stride=stride)
-            samples.append((c.image, d.image, d.confidence, case.nd, case.body_mask))
+            add(uld, case.nd, case.body_mask, case.uld.spacing)
+        if sharp_variants and case.kind == "real" and case.meta.get("kernel") != "sharp":
+            nd = convert_kernel(case.nd, case.meta.get("kernel") or "standard", "sharp")
+            for i, f in enumerate((0.02, 0.05)):
+                uld = simulate_low_dose(Volume(nd, case.uld.spacing), f, rng=2018 + i,
+                                        kernel="sharp", progress=False)
+                add(uld.array, nd, case.body_mask, case.uld.spacing)
+                n_sharp += 1
         log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
     if not samples:
         raise ValueError(f"Expected calibration patients {list(patients)} in {root}; none found.")
     blender = calibrate(samples)
     blender = dataclasses.replace(
-        blender, calibration=dict(blender.calibration, patients=list(patients), stride=stride, include_aug=include_aug))
+        blender, calibration=dict(blender.calibration, patients=list(patients), stride=stride,
+                                  include_aug=include_aug, sharp_variants=n_sharp))
     if out is not None:
         blender.save(out)
     return blender
