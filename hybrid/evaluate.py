@@ -691,8 +691,8 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
     from hybrid.cnn.train import train_pair
     from hybrid.data import load_case
     from hybrid.dictionary import DictionaryConfig, PatchDictionary
-    from hybrid.lung import segment
     from hybrid.pipeline import Enhancer
+    from hybrid.training import calibration_samples
 
     test_patient = fold["test_patient"][0]
     by_id = {e["case_id"]: e for e in entries}
@@ -737,13 +737,7 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
     info["dictionary_entries"] = len(dictionary)
     # 3. blender on the calibration patient (nominal and other dose)
     t = time.perf_counter()
-    samples = []
-    for case in calib_cases:
-        for uld in (case.uld.array, case.uld_aug):
-            lung = segment(uld, spacing=case.uld.spacing)
-            c = cnn.propose(uld, lung)
-            d = dictionary.propose(uld, body_mask=case.body_mask, stride=budget.stride)
-            samples.append((c.image, d.image, d.confidence, case.nd, case.body_mask))
+    samples, _ = calibration_samples(calib_cases, cnn, dictionary, stride=budget.stride)
     blender = calibrate(samples)
     info["blender"] = {"mode": blender.mode, "calibration": blender.calibration}
     info["blender_seconds"] = time.perf_counter() - t

@@ -76,6 +76,44 @@ def build_dictionary(
     return d
 
 
+def calibration_samples(cases, cnn, dictionary, *, stride: int = 2, include_aug: bool = True,
+                        sharp_variants: bool = True) -> tuple[list[tuple], int]:
+    """Blender calibration samples ``(cnn, dictionary, distance, nd, body)`` of paired cases.
+
+    Each case at its nominal dose and (``include_aug``) its other dose; with
+    ``sharp_variants`` each real smooth/standard-kernel case also as a
+    sharp-kernel version of itself at 2 % and 5 % dose (see
+    :func:`calibrate_blender`).  Returns the samples and the number of sharp
+    variants made.
+    """
+    from hybrid.lung import segment
+    from hybrid.physics import convert_kernel, simulate_low_dose
+    from hybrid.volume import Volume
+
+    samples = []
+
+    def add(uld, nd, body, spacing):
+        lung = segment(uld, spacing=spacing)
+        c = cnn.propose(uld, lung)
+        d = dictionary.propose(uld, body_mask=body, stride=stride)
+        samples.append((c.image, d.image, d.confidence, nd, body))
+
+    n_sharp = 0
+    for case in cases:
+        inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
+        for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
+            add(uld, case.nd, case.body_mask, case.uld.spacing)
+        if sharp_variants and case.kind == "real" and case.meta.get("kernel") != "sharp":
+            nd = convert_kernel(case.nd, case.meta.get("kernel") or "standard", "sharp")
+            for i, f in enumerate((0.02, 0.05)):
+                uld = simulate_low_dose(Volume(nd, case.uld.spacing), f, rng=2018 + i,
+                                        kernel="sharp", progress=False)
+                add(uld.array, nd, case.body_mask, case.uld.spacing)
+                n_sharp += 1
+        log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
+    return samples, n_sharp
+
+
 def calibrate_blender(
     root: str | os.PathLike,
     cnn,
@@ -103,31 +141,10 @@ def calibrate_blender(
     with them 101.0, `experiments/build_defaults.py heldout`).
     """
     from hybrid.blend import calibrate
-    from hybrid.lung import segment
-    from hybrid.physics import convert_kernel, simulate_low_dose
-    from hybrid.volume import Volume
 
-    samples = []
-
-    def add(uld, nd, body, spacing):
-        lung = segment(uld, spacing=spacing)
-        c = cnn.propose(uld, lung)
-        d = dictionary.propose(uld, body_mask=body, stride=stride)
-        samples.append((c.image, d.image, d.confidence, nd, body))
-
-    n_sharp = 0
-    for case in _cases(root, patients):
-        inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
-        for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
-            add(uld, case.nd, case.body_mask, case.uld.spacing)
-        if sharp_variants and case.kind == "real" and case.meta.get("kernel") != "sharp":
-            nd = convert_kernel(case.nd, case.meta.get("kernel") or "standard", "sharp")
-            for i, f in enumerate((0.02, 0.05)):
-                uld = simulate_low_dose(Volume(nd, case.uld.spacing), f, rng=2018 + i,
-                                        kernel="sharp", progress=False)
-                add(uld.array, nd, case.body_mask, case.uld.spacing)
-                n_sharp += 1
-        log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
+    cases = list(_cases(root, patients))
+    samples, n_sharp = calibration_samples(cases, cnn, dictionary, stride=stride,
+                                           include_aug=include_aug, sharp_variants=sharp_variants)
     if not samples:
         raise ValueError(f"Expected calibration patients {list(patients)} in {root}; none found.")
     blender = calibrate(samples)
@@ -163,5 +180,5 @@ def heldout_report(root, enhancer, *, patients: Sequence[str] = HELD_OUT_PATIENT
 
 __all__ = [
     "HELD_OUT_PATIENTS", "CALIBRATION_PATIENTS", "dictionary_pairs", "build_dictionary",
-    "calibrate_blender", "heldout_report",
+    "calibration_samples", "calibrate_blender", "heldout_report",
 ]
