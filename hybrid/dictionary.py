@@ -464,7 +464,7 @@ class PatchDictionary:
     def __repr__(self) -> str:
         return (
             f"PatchDictionary(n={len(self)}, patch_size={self.patch_size}, factory={self.factory!r}, "
-            f"noise_sigma_hu={self.meta['noise']['sigma_hu']:.1f})"
+            f"cpu_graph={self.config.cpu_graph!r}, noise_sigma_hu={self.meta['noise']['sigma_hu']:.1f})"
         )
 
     # ------------------------------------------------------------------ keys
