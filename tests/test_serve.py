@@ -315,17 +315,22 @@ def test_listener_end_to_end(orthanc, tmp_path, serve_log):
 
 
 # ---------------------------------------------------------------- faults
+def listener_to_cstore(tmp_path, orthanc):
+    """Listener mode, delivery by C-STORE to the test Orthanc, fast retries."""
+    return config(tmp_path, "listener",
+                  listener={"port": 0, "allowed_calling_aets": ["SCANNER"], "quiet_seconds": 0.5},
+                  destination={"method": "cstore", "port": orthanc.dicom_port,
+                               "timeout_seconds": 5},
+                  retry={"initial_seconds": 0.2, "max_seconds": 0.5})
+
+
 @needs_orthanc
 @pytest.mark.slow
 def test_pacs_down_during_upload_is_retried_until_back(orthanc, tmp_path, serve_log):
     src = make_uld_series(tmp_path / "uld", seed=14, shape=(2, 128, 128))
     study, series, _ = uids(src)
     orthanc.stop()
-    cfg = config(tmp_path, "listener",
-                 listener={"port": 0, "allowed_calling_aets": ["SCANNER"], "quiet_seconds": 0.5},
-                 destination={"method": "cstore", "port": orthanc.dicom_port,
-                              "timeout_seconds": 5},
-                 retry={"initial_seconds": 0.2, "max_seconds": 0.5})
+    cfg = listener_to_cstore(tmp_path, orthanc)
     with Node(cfg) as node:
         c_store(sorted(src.glob("*.dcm")), port=node.listener_port, called="HYBRID")
         wait_for(lambda: (node.status(series) or {}).get("attempts", 0) >= 2, timeout=120,
@@ -348,11 +353,7 @@ def test_restart_resumes_pending_delivery_without_enhancing_again(orthanc, tmp_p
     src = make_uld_series(tmp_path / "uld", seed=15, shape=(2, 128, 128))
     study, series, _ = uids(src)
     orthanc.stop()
-    cfg = config(tmp_path, "listener",
-                 listener={"port": 0, "allowed_calling_aets": ["SCANNER"], "quiet_seconds": 0.5},
-                 destination={"method": "cstore", "port": orthanc.dicom_port,
-                              "timeout_seconds": 5},
-                 retry={"initial_seconds": 0.2, "max_seconds": 0.5})
+    cfg = listener_to_cstore(tmp_path, orthanc)
     with Node(cfg) as node:
         c_store(sorted(src.glob("*.dcm")), port=node.listener_port, called="HYBRID")
         wait_for(lambda: (node.status(series) or {}).get("attempts", 0) >= 1, timeout=120,
