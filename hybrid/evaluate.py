@@ -776,6 +776,7 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
             example = {"case": cid, "slice": idx[z], "nd": nd[z], "lung": lung[z],
                        **{m: np.asarray(im[z]) for m, im in imgs.items()}}
     info["seconds"] = time.perf_counter() - t0
+    info["revision"], info["date"] = _git_revision(), time.strftime("%Y-%m-%d", time.gmtime())
     return rows, info, example
 
 
@@ -932,10 +933,59 @@ _SUMMARY_COLS = (
 )
 
 
+def _git_revision() -> str:
+    """Short git revision of the package's checkout ("unknown" outside one)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() or "unknown"
+
+
+def _wins_table(pp: Mapping[tuple, float], kind: str, patients: Sequence[str]) -> list[str]:
+    """Per fold, is the hybrid better than each comparator? (lower RMSE, higher SSIM)."""
+    checks = [("body", "rmse_hu", "RMSE body"), ("lung", "rmse_hu", "RMSE lungs"),
+              ("non_lung", "rmse_hu", "RMSE outside the lungs"),
+              ("body", "ssim_lung", "SSIM lung window"), ("body", "ssim_soft_tissue", "SSIM soft-tissue window")]
+    comparators = [("cnn", "CNN only"), ("dictionary", "dictionary only"), ("bm3d", "BM3D"),
+                   ("best classic", "best classic (per fold and metric)")]
+    lines = ["| hybrid better than … in n / folds | " + " | ".join(h for _, _, h in checks) + " |",
+             "|---|" + "---:|" * len(checks)]
+    for comp, label in comparators:
+        cells = []
+        for region, metric, _ in checks:
+            better = lower = 0
+            for p in patients:
+                h = pp.get((kind, "hybrid", region, metric, p))
+                if comp == "best classic":
+                    vals = [pp[(kind, m, region, metric, p)] for m in _CLASSICAL
+                            if (kind, m, region, metric, p) in pp and np.isfinite(pp[(kind, m, region, metric, p)])]
+                    o = (min(vals) if "rmse" in metric else max(vals)) if vals else None
+                else:
+                    o = pp.get((kind, comp, region, metric, p))
+                if h is None or o is None or not (np.isfinite(h) and np.isfinite(o)):
+                    continue
+                lower += 1
+                better += (h < o) if "rmse" in metric else (h > o)
+            cells.append(f"{better} / {lower}" if lower else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list, budget: CVBudget) -> None:
     from hybrid.io._atomic import atomic_file
 
     pp = _per_patient(rows)
+    revs = sorted({i["revision"] for i in infos if i.get("revision")})
+    dates = sorted({i["date"] for i in infos if i.get("date")})
+    n_unrec = sum(1 for i in infos if not i.get("revision"))
+    when = (f"folds computed on {', '.join(dates)} at git revision(s) {', '.join(revs)}"
+            if revs else "fold revisions not recorded")
+    if revs and n_unrec:
+        when += f" ({n_unrec} fold(s) not recorded)"
     lines = ["# Leave-one-patient-out cross-validation", ""] + ([budget.note, ""] if budget.note else []) + [
              "Per fold: CNN pair (shipped configurations) trained without the test patient, dictionary "
              "without the test and the calibration patient, blender calibrated on the calibration patient, "
@@ -943,7 +993,8 @@ def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list, b
              f"Central {budget.eval_slices or 'all'} slices per test case; simulated 2 % dose. "
              "Mean ± sd over test patients (a patient's cases averaged first). "
              f"Budget: {json.dumps({k: v for k, v in asdict(budget).items() if k not in ('grids', 'note')})}. "
-             "Produced by `hybrid.evaluate.cross_validate` (`make cv`).", ""]
+             f"Produced by `hybrid.evaluate.cross_validate` (`make cv`); {when}; summary written "
+             f"at {_git_revision()} on {time.strftime('%Y-%m-%d', time.gmtime())}.", ""]
     for kind in sorted({r["set"] for r in rows}):
         patients = sorted({k[4] for k in pp if k[0] == kind})
         lines += [f"## {kind} set: {len(patients)} fold(s) ({', '.join(patients)})", "",
@@ -970,6 +1021,7 @@ def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list, b
                 wins.append(h < min(b))
         if wins:
             lines += ["", f"Hybrid body RMSE below every baseline's in {sum(wins)}/{len(wins)} folds."]
+        lines += [""] + _wins_table(pp, kind, patients)
         lines.append("")
     with atomic_file(path, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
