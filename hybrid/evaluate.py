@@ -877,6 +877,21 @@ def cross_validate(
     return rows
 
 
+def _fold_worker(args: tuple, kwargs: dict) -> tuple:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    rows, info, example = _run_fold(*args, **kwargs)
+    return rows, info, example, kwargs["tune_cache"]
+
+
+def _run_fold_isolated(args: tuple, kwargs: dict) -> tuple:
+    """:func:`_run_fold` in a child process (spawned); returns its results and the tuning cache."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_fold_worker, args, kwargs).result()
+
+
 def _cv_loop(root, out, all_folds, entries, rows, infos, *, sets, max_folds, test_patients, baselines,
              budget, seed, threads, work, csv_path, info_path):
     done = {(r["set"], r["patient"]) for r in rows}
@@ -895,9 +910,13 @@ def _cv_loop(root, out, all_folds, entries, rows, infos, *, sets, max_folds, tes
                 log.info("fold %s/%s already in %s: skipped", kind, p, csv_path)
                 continue
             log.info("fold %s/%s: start", kind, p)
-            new, info, ex = _run_fold(root, kind, fold, entries, budget=budget, baselines=baselines,
-                                      work=work / f"{kind}-{p}", tune_cache=tune_cache,
-                                      seed=seed, threads=threads, keep_example=example is None)
+            # each fold in a fresh process: TensorFlow and FAISS keep memory across folds (a
+            # 21-fold run in one process grew to 24 GB and was killed at fold 18)
+            new, info, ex, tune_cache = _run_fold_isolated(
+                (root, kind, fold, entries),
+                dict(budget=budget, baselines=baselines, work=work / f"{kind}-{p}",
+                     tune_cache=tune_cache, seed=seed, threads=threads,
+                     keep_example=example is None))
             example = example or ex
             rows = [r for r in rows if not (r["set"] == kind and r["patient"] == p)] + new
             infos = [i for i in infos if not (i["set"] == kind and i["test_patient"] == p)] + [info]
