@@ -648,13 +648,26 @@ def _shipped_cnn_configs(patch_sizes: tuple[int, int] | None = None):
     return tuple(out)
 
 
-def _pick_calibration(train_patients: Sequence[str], kind: str) -> str:
-    """Calibration patient of a fold: the shipped one of this set if it is training, else the last."""
+def _pick_calibration(train_patients: Sequence[str], kind: str, root: Path | None = None,
+                      entries: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Calibration patient of a fold: the shipped one of this set if it is training, else the
+    training patient of this set with the most lung voxels (the CNN's validation needs lung
+    patches: an abdomen-only series has none), else the last."""
     from hybrid.training import CALIBRATION_PATIENTS
 
     for p in CALIBRATION_PATIENTS:
         if p in train_patients:
             return p
+    if root is not None and entries:
+        import h5py
+
+        lung: dict[str, int] = {}
+        for e in entries:
+            if e["patient_id"] in train_patients and e["kind"] == kind:
+                with h5py.File(_case_path(root, e), "r") as f:
+                    lung[e["patient_id"]] = lung.get(e["patient_id"], 0) + int(f["lung_mask"][...].sum())
+        if lung:
+            return max(sorted(lung), key=lambda p: lung[p])
     return sorted(train_patients)[-1]
 
 
@@ -700,7 +713,7 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
     if budget.other_set:
         train_ids += [e["case_id"] for e in entries if e["kind"] != kind and e["patient_id"] != test_patient]
     train_patients = sorted({by_id[c]["patient_id"] for c in fold["train"]})
-    calib = _pick_calibration(train_patients, kind)
+    calib = _pick_calibration(train_patients, kind, root, entries)
     info: dict[str, Any] = {"set": kind, "test_patient": test_patient, "calibration_patient": calib,
                             "train_cases": train_ids}
     t0 = time.perf_counter()
