@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from hybrid._parallel import available_cores, thread_map
-from hybrid.volume import Volume, as_hu_array
+from hybrid.volume import Volume, as_hu_array, grown_bbox
 
 __all__ = ["segment", "body_mask"]
 
@@ -85,14 +85,10 @@ def _morph(op, mask: np.ndarray, st: np.ndarray) -> np.ndarray:
     262 144 pixels of a slice, so this is many times faster than morphology
     over the whole slice.
     """
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return np.zeros_like(mask, dtype=bool)
-    ry, rx = st.shape[0] // 2 + 1, st.shape[1] // 2 + 1
-    y0, y1 = max(rows[0] - ry, 0), min(rows[-1] + ry + 1, mask.shape[0])
-    x0, x1 = max(cols[0] - rx, 0), min(cols[-1] + rx + 1, mask.shape[1])
     out = np.zeros_like(mask, dtype=bool)
-    out[y0:y1, x0:x1] = op(mask[y0:y1, x0:x1], structure=st)
+    box = grown_bbox(mask, max(st.shape) // 2 + 1)
+    if box is not None:
+        out[box] = op(mask[box], structure=st)
     return out
 
 

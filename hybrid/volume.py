@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "Provenance", "as_hu_array", "as_bool_mask"]
+__all__ = ["Volume", "Provenance", "as_hu_array", "as_bool_mask", "grown_bbox"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,18 @@ class Volume:
         if prov.slice_headers:
             prov = dataclasses.replace(prov, slice_headers=prov.slice_headers[start:stop])
         return Volume(self.array[start:stop], self.spacing, prov)
+
+
+def grown_bbox(mask: np.ndarray, reach: int) -> tuple[slice, slice] | None:
+    """In-plane bounding box of a mask's True pixels (over all leading axes), grown by
+    ``reach`` pixels on every side and clipped to the image; None for an empty mask.
+
+    For filters and morphology that cannot reach farther than ``reach`` from the
+    mask: computing them on this crop gives the whole image's result there."""
+    plane = np.asarray(mask).reshape((-1,) + np.shape(mask)[-2:]).any(axis=0)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = plane.shape
+    return (slice(max(rows[0] - reach, 0), min(rows[-1] + reach + 1, h)),
+            slice(max(cols[0] - reach, 0), min(cols[-1] + reach + 1, w)))

@@ -25,7 +25,7 @@ from scipy.ndimage import gaussian_filter
 from hybrid.cnn.config import CNNConfig
 from hybrid.cnn.models import build_model, predict_hu
 from hybrid.io._atomic import sha256_file
-from hybrid.volume import Volume, as_hu_array
+from hybrid.volume import Volume, as_hu_array, grown_bbox
 
 try:  # the project's common proposal type
     from hybrid.proposal import Proposal
@@ -79,15 +79,11 @@ def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
     sig = (0.0,) * (m.ndim - 2) + (float(sigma), float(sigma))
     # Only the lungs' bounding box grown by the filter's reach can be non-zero: filter that
     # crop (the same result; where the crop meets the image edge it is the image edge).
-    plane = m.reshape((-1,) + m.shape[-2:]).any(axis=0)
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    if rows.size == 0:
-        return np.zeros_like(m)
-    reach = int(_TRUNCATE * float(sigma) + 0.5) + 1
-    y0, y1 = max(rows[0] - reach, 0), min(rows[-1] + reach + 1, m.shape[-2])
-    x0, x1 = max(cols[0] - reach, 0), min(cols[-1] + reach + 1, m.shape[-1])
     w = np.zeros_like(m)
-    crop = (..., slice(y0, y1), slice(x0, x1))
+    box = grown_bbox(m, int(_TRUNCATE * float(sigma) + 0.5) + 1)
+    if box is None:
+        return w
+    crop = (..., *box)
     w[crop] = gaussian_filter(m[crop], sigma=sig, mode="nearest", truncate=_TRUNCATE)
     return np.clip(w, 0.0, 1.0, out=w)
 
@@ -375,20 +371,18 @@ class CNNPair:
                 if config.residual:  # the residual in bfloat16, added to the input in float32
                     res = keras.Model(low.input, low.get_layer("residual").output)
 
-                    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
-                    def fn(x):
+                    def forward(x):
                         return x + tf.cast(res(x, training=False), tf.float32)
                 else:
 
-                    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
-                    def fn(x):
+                    def forward(x):
                         return tf.cast(low(x, training=False), tf.float32)
             else:
 
-                @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
-                def fn(x):
+                def forward(x):
                     return model(x, training=False)
 
+            fn = tf.function(forward, input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
             self._fns[(region, precision)] = fn
         return fn
 
