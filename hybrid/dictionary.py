@@ -176,7 +176,7 @@ class DictionaryConfig:
     hu_scale: float = 100.0
     pca_dim: int | None = 16
     factory: str = "IVF{nlist},Flat"
-    search_params: str = "nprobe=16,efSearch=16"
+    search_params: str = "nprobe=16,efSearch=10"
     max_patches: int = 150_000
     train_stride: int = 1
     hu_bands: tuple[float, ...] = (-900.0, -500.0, -150.0, 150.0, 400.0)
@@ -442,6 +442,10 @@ class PatchDictionary:
         self._index = index  # CPU index (what is saved)
         self._search_index: Any = None  # CPU or GPU index used for search
         self._search_space = "index"
+        self._graph: Any = None  # the CPU search graph (when config.cpu_graph), its entry
+        self._graph_ids: np.ndarray | None = None  # number per node, and the locality range
+        self._locality: tuple[np.ndarray, np.ndarray] | None = None
+        self._values32: tuple[np.ndarray, np.ndarray] | None = None  # (values, as float32)
         self.n_threads = n_threads
         self.device = _check_device(device)
         self.projection = np.ascontiguousarray(projection, dtype=np.float32)  # (size**2, key_dim)
@@ -741,6 +745,7 @@ class PatchDictionary:
         if isinstance(self.meta.get("config"), dict):
             self.meta["config"]["cpu_graph"] = m
         self._search_index = None
+        self._graph = self._graph_ids = self._locality = None
 
     def _ensure_search_index(self) -> Any:
         if self._search_index is not None:
@@ -756,8 +761,10 @@ class PatchDictionary:
         self._search_index, self._search_space = self._index, "full" if exact_space else "index"
         want_gpu = self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0)
         if not want_gpu and self.config.cpu_graph:
-            graph = self._cpu_graph()
+            graph = self._graph if self._graph is not None else self._cpu_graph()
             if graph is not None:
+                self._graph = graph
+                self._apply_search_params(graph)
                 self._search_index, self._search_space = graph, "full"
         if want_gpu:
             if _num_gpus() == 0:
@@ -785,14 +792,26 @@ class PatchDictionary:
 
     def _cpu_graph(self) -> Any:
         """The HNSW graph over the stored keys (see ``DictionaryConfig.cpu_graph``), or None
-        where the index keeps no exact keys.  Loaded from the cache when there."""
+        where the index keeps no exact keys.  Loaded from the cache when there.
+
+        The graph's nodes are the entries in :func:`_locality_code` order
+        (``self._graph_ids[node]`` is the entry number), and :meth:`_search`
+        sends queries in the same order: consecutive queries then walk nodes
+        that lie close together in memory, which is most of the speed-up of
+        this search over a graph in build order (measured 1.2-1.4x).
+        """
         import faiss
 
+        keys = self.stored_keys()
+        if keys is None:
+            return None
         m = int(self.config.cpu_graph)
+        lo, hi = _locality_range(keys)
+        order = np.argsort(_locality_code(keys, lo, hi), kind="stable")
         digest = self.meta.get("files", {}).get(_INDEX_FILE)
         cache = None
         if digest:
-            tag = hashlib.sha256(f"{digest}/HNSW{m}/ef{_GRAPH_EF_CONSTRUCTION}/"
+            tag = hashlib.sha256(f"{digest}/HNSW{m}/ef{_GRAPH_EF_CONSTRUCTION}/{_GRAPH_ORDER}/"
                                  f"{faiss.__version__}".encode()).hexdigest()[:24]
             folder = graph_cache_dir()
             cache = folder / f"hnsw-{tag}.faiss" if folder is not None else None
@@ -805,20 +824,18 @@ class PatchDictionary:
             if graph is not None and graph.ntotal != len(self):
                 graph = None
         if graph is None:
-            keys = self.stored_keys()
-            if keys is None:
-                return None
             graph = faiss.IndexHNSWFlat(keys.shape[1], m)
             graph.hnsw.efConstruction = _GRAPH_EF_CONSTRUCTION
             with _faiss_threads(1):  # one thread: the same graph on every machine and load
-                graph.add(keys)
+                graph.add(np.ascontiguousarray(keys[order]))
             if cache is not None:
                 try:
                     with atomic_file(cache) as tmp:
                         faiss.write_index(graph, str(tmp))
                 except OSError:  # a read-only home: fine, the graph lives in memory
                     pass
-        self._apply_search_params(graph)
+        self._graph_ids = order.astype(np.int64)
+        self._locality = (lo, hi)
         return graph
 
     def stored_keys(self) -> np.ndarray | None:
@@ -857,8 +874,28 @@ class PatchDictionary:
 
     def _search(self, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._ensure_search_index()
+        if self._graph_ids is None or index is not self._graph:
+            with _faiss_threads(self.n_threads):
+                return index.search(keys, k)
+        # the CPU graph: queries in locality order (see _cpu_graph), answers in the caller's
+        order = np.argsort(_locality_code(keys, *self._locality), kind="stable")
         with _faiss_threads(self.n_threads):
-            dist, ids = index.search(keys, k)
+            d_sorted, n_sorted = index.search(np.ascontiguousarray(keys[order]), k)
+        dist = np.empty_like(d_sorted)
+        ids = np.empty_like(n_sorted)
+        dist[order] = d_sorted
+        ids[order] = np.where(n_sorted >= 0, self._graph_ids[np.maximum(n_sorted, 0)], -1)
+        # Second look where the graph's answer is farther than noise explains (normalised
+        # distance > 1): a greedy graph walk can miss a small, isolated cluster of keys
+        # (strong edges), while the stored IVF index probes by centroid.  On real 2 % chest
+        # CT no query gets here; on the suite's synthetic patients ~8 % do, and the L2
+        # excess drops from 14 % to 0.3 %.
+        far = np.flatnonzero(self._normalise(dist[:, 0]) > _RECHECK_DISTANCE)
+        if len(far) and index is not self._index:
+            with _faiss_threads(self.n_threads):
+                d2, n2 = self._index.search(np.ascontiguousarray(keys[far]), k)
+            better = (n2[:, 0] >= 0) & (d2[:, 0] < dist[far, 0])
+            dist[far[better]], ids[far[better]] = d2[better], n2[better]
         return dist, ids
 
     def _normalise(self, dist2: np.ndarray) -> np.ndarray:
@@ -991,6 +1028,13 @@ class PatchDictionary:
             out, dist_out = out[0], dist_out[0]
         return Proposal(image=out, confidence=dist_out, name="dictionary")
 
+    def _values_f32(self) -> np.ndarray:
+        """The values as float32, converted once (a gather of float32 rows is 2-5x faster
+        than gathering float16 rows and converting them, batch after batch)."""
+        if self._values32 is None or self._values32[0] is not self.values:
+            self._values32 = (self.values, np.ascontiguousarray(self.values, dtype=np.float32))
+        return self._values32[1]
+
     def _propose_batch(self, stack, mask, batch, out, dist_out, k, bandwidth) -> None:
         size = self.patch_size
         patches = np.concatenate([extract_patches(stack[z], c, size=size) for z, c in batch])
@@ -1002,7 +1046,7 @@ class PatchDictionary:
         delta[~found] = np.inf
         safe = np.where(found, ids, 0)
         if k == 1:
-            pred = self.values[safe[:, 0]].astype(np.float32)
+            pred = self._values_f32()[safe[:, 0]]
         else:
             d2 = delta.astype(np.float64) ** 2
             w = (
@@ -1014,7 +1058,7 @@ class PatchDictionary:
             wsum = w.sum(axis=1, keepdims=True)
             w = np.divide(w, wsum, out=np.zeros_like(w), where=wsum > 0)
             pred = np.einsum(
-                "nk,nkd->nd", w.astype(np.float32), self.values[safe].astype(np.float32)
+                "nk,nkd->nd", w.astype(np.float32), self._values_f32()[safe]
             )
         pred += means[:, None]
         none = ~found[:, 0]
@@ -1168,7 +1212,38 @@ class PatchDictionary:
 # --------------------------------------------------------------------------- checks
 
 
-_GRAPH_EF_CONSTRUCTION = 40
+#: HNSW build effort of the CPU graph: 200 against FAISS's default 40 gives a better
+#: graph (HNSW16 efSearch 12: recall@1 0.933 vs 0.884, L2 excess 0.35 % vs 0.79 %, same
+#: speed) for a one-off ~30 s single-threaded build, cached on disk.
+_GRAPH_EF_CONSTRUCTION = 200
+#: Normalised distance above which a CPU-graph answer is checked against the stored index.
+_RECHECK_DISTANCE = 1.0
+#: Version of the node order of the CPU graph (part of its cache key).
+_GRAPH_ORDER = "morton4x4"
+
+
+def _locality_range(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1st and 99th percentiles of the first 4 key coordinates (the leading PCs)."""
+    lead = keys[:, :4].astype(np.float64)
+    return np.percentile(lead, 1, axis=0), np.percentile(lead, 99, axis=0)
+
+
+def _locality_code(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Morton (Z-order) code of the first 4 key coordinates, 4 bits each.
+
+    Keys with close codes are close in the leading principal components, so
+    sorting by it groups queries (and graph nodes) by region of key space.
+    uint16, so that ``argsort(kind="stable")`` is a radix sort (0.2 ms for
+    26 k queries).
+    """
+    lead = keys[:, : len(lo)]
+    scale = 16.0 / np.maximum(hi - lo, 1e-12)
+    q = np.clip(((lead - lo) * scale).astype(np.int64), 0, 15)
+    code = np.zeros(len(keys), dtype=np.int64)
+    for bit in range(3, -1, -1):
+        for j in range(q.shape[1]):
+            code = (code << 1) | ((q[:, j] >> bit) & 1)
+    return code.astype(np.uint16)
 
 
 def graph_cache_dir() -> Path | None:

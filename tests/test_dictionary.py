@@ -11,6 +11,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+import hybrid.dictionary  # noqa: E402
 from hybrid import Volume  # noqa: E402
 from hybrid.dictionary import (  # noqa: E402
     FORMAT_VERSION,
@@ -114,17 +115,35 @@ def test_save_load_roundtrip_is_identical(dictionary, data, tmp_path):
     assert PatchDictionary.load(path).meta["counts"] == dictionary.meta["counts"]
 
 
-def test_recall_against_exact_search(dictionary, data):
+def test_recall_against_exact_search(dictionary, data, monkeypatch):
     uld, _, body = data["test"]  # held-out patient: patches not in the dictionary
     centers = grid_centers(body[0].shape, stride=1, mask=body[0])
     q = extract_patches(uld[0], centers)
     exact = faiss.IndexFlatL2(dictionary.meta["key_dim"])
     exact.add(dictionary.stored_keys())
-    _, gt = exact.search(dictionary.keys_of(q), 1)
-    # the default CPU search: the HNSW graph over the stored keys (cpu_graph=16, efSearch=16)
-    _, ids = dictionary.search(q, k=1)
-    recall = float(np.mean(ids[:, 0] == gt[:, 0]))
-    assert recall >= 0.9, recall  # 0.948 seen; floor 0.9 (issue #5)
+    keys = dictionary.keys_of(q)
+    d_exact, gt = exact.search(keys, 1)
+
+    def recall_and_excess():
+        _, ids = dictionary.search(q, k=1)
+        found = np.linalg.norm(keys - dictionary.stored_keys()[ids[:, 0]], axis=1)
+        excess = float(found.sum() / np.sqrt(np.maximum(d_exact[:, 0], 0)).sum() - 1)
+        return float(np.mean(ids[:, 0] == gt[:, 0])), excess, ids
+
+    # the default CPU search: the HNSW graph over the stored keys (cpu_graph=16, efSearch=10)
+    # with a second look in the stored index where its answer is farther than noise
+    recall, excess, ids = recall_and_excess()
+    assert recall >= 0.9, recall  # 0.959 seen; floor 0.9 (issue #5)
+    assert excess <= 0.01, excess  # 0.26 % seen; issue #5 allows 1 % where recall is traded
+    # that second look matters: without it a few edge patches land in the wrong cluster
+    with monkeypatch.context() as mp:
+        mp.setattr(hybrid.dictionary, "_RECHECK_DISTANCE", np.inf)
+        _, excess_graph_only, _ = recall_and_excess()
+    assert excess_graph_only > 0.02, excess_graph_only  # 14 % seen
+    # queries go through the graph sorted by locality; each answer is the query's own
+    perm = np.random.default_rng(3).permutation(len(q))
+    _, ids_perm = dictionary.search(q[perm], k=1)
+    np.testing.assert_array_equal(ids_perm[:, 0], ids[perm, 0])
     params = dictionary.meta["search_params"]
     dictionary.set_cpu_graph(None)  # the stored IVF1024,Flat index
     try:
