@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hybrid.dictionary import DictionaryConfig, PatchDictionary, _default_threads  # noqa: E402
+from hybrid._parallel import available_cores  # noqa: E402
+from hybrid.dictionary import DictionaryConfig, PatchDictionary  # noqa: E402
 from hybrid.patches import extract_patches, grid_centers  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def dir_mb(path: Path) -> float:
 
 
 def main(cfg: BenchConfig) -> None:
-    threads = cfg.threads or _default_threads()
+    threads = cfg.threads or available_cores()
     rng = np.random.default_rng(cfg.seed)
     t = time.perf_counter()
     train = [

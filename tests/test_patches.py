@@ -70,7 +70,10 @@ def test_grid_centers_span_image_and_cover_mask():
     assert set(c[:, 0]) == {0, 4, 8, 9} and set(c[:, 1]) == {0, 4, 8, 10}
     mask = np.zeros((40, 40), bool)
     mask[12:19, 25:33] = True
-    for stride in (1, 3, 7):
+    # a rectangular grid (y, x): rows every 2, columns every 3 (and the last ones)
+    c = grid_centers((10, 11), stride=(2, 3))
+    assert set(c[:, 0]) == {0, 2, 4, 6, 8, 9} and set(c[:, 1]) == {0, 3, 6, 9, 10}
+    for stride in (1, 3, 7, (2, 3), (7, 1)):
         cm = grid_centers(mask.shape, stride=stride, mask=mask, size=7)
         ones = np.ones((len(cm), 49), np.float32)
         _, w = overlap_add(ones, cm, mask.shape, size=7)

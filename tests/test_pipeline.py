@@ -179,8 +179,11 @@ def test_path_input_is_rejected_with_a_hint(enhancer):
 def test_enhancer_arguments_are_checked(small_assets, tmp_path):
     with pytest.raises(ValueError, match="batch_slices"):
         hybrid.Enhancer(*small_assets, batch_slices=0)
-    with pytest.raises(ValueError, match="stride"):
-        hybrid.Enhancer(*small_assets, stride=9)
+    for bad in (9, (2, 8), (2, 3, 4), (0, 2), 2.0):
+        with pytest.raises(ValueError, match="stride"):
+            hybrid.Enhancer(*small_assets, stride=bad)
+    assert hybrid.Enhancer(*small_assets, stride=(2, 2)).stride == 2
+    assert hybrid.Enhancer(*small_assets, stride=[2, 3]).stride == (2, 3)
     with pytest.raises(FileNotFoundError, match="CNN pair folder"):
         hybrid.Enhancer(tmp_path / "nope", *small_assets[1:])
 
