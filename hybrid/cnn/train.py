@@ -341,6 +341,7 @@ def train_model(
     tensorboard: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    dtype: str | None = None,
 ) -> TrainResult:
     """Train one regressor on patches of ``config.region``.
 
@@ -392,6 +393,10 @@ def train_model(
         Extra callbacks (e.g. a harness's pruning callback).
     verbose : int
         Keras verbosity.
+    dtype : str, optional
+        Keras dtype policy of the layers (:func:`hybrid.cnn.models.build_model`):
+        ``"mixed_bfloat16"`` trains 2.5-3x faster on CPUs with native bfloat16
+        (AMX/AVX512-BF16); the weights stay float32.  None: float32.
 
     Returns
     -------
@@ -442,7 +447,7 @@ def train_model(
     )
     strategy = strategy or get_strategy()
     with strategy.scope():
-        model = compile_model(build_model(config, seed=seed), config)
+        model = compile_model(build_model(config, seed=seed, dtype=dtype), config)
 
     cbs: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(files["log"])),
