@@ -28,6 +28,12 @@ def cmd_dictionary(args) -> None:
     print(f"built {d!r} in {time.time() - t:.1f} s")
 
 
+def _stride(text: str):
+    """``"2"`` -> 2, ``"2,3"`` -> (2, 3)."""
+    parts = [int(v) for v in text.split(",")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
 def cmd_calibrate(args) -> None:
     from hybrid.cnn.infer import CNNPair
     from hybrid.dictionary import PatchDictionary
@@ -78,7 +84,8 @@ def main() -> None:
                    help="where to write it (default: the shipped hybrid/assets/dictionary)")
     d.set_defaults(func=cmd_dictionary)
     c = sub.add_parser("calibrate")
-    c.add_argument("--stride", type=int, default=2)
+    c.add_argument("--stride", type=_stride, default=(2, 3),
+                   help="dictionary query grid: N or Y,X (default 2,3)")
     c.set_defaults(func=cmd_calibrate)
     sub.add_parser("heldout").set_defaults(func=cmd_heldout)
     args = p.parse_args()

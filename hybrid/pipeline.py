@@ -285,9 +285,10 @@ class Enhancer:
         self.blender = self._load_blender(blender, defaults["blender"])
         self.dictionary = self._load_dictionary(dictionary, defaults["dictionary"])
         self.cnn = self._load_cnn(cnn, defaults["cnn"])
-        if stride is None:
-            stride = int(self.blender.calibration.get("stride", 2)) if isinstance(
-                self.blender.calibration, dict) else 2
+        if stride is None:  # the grid the blender was calibrated on (a pair: a JSON list)
+            cal = self.blender.calibration if isinstance(self.blender.calibration, dict) else {}
+            stride = cal.get("stride", 2)
+            stride = tuple(stride) if isinstance(stride, list) else stride
         from hybrid.patches import check_stride
 
         ps = self.dictionary.patch_size

@@ -76,7 +76,7 @@ def build_dictionary(
     return d
 
 
-def calibration_samples(cases, cnn, dictionary, *, stride: int = 2, include_aug: bool = True,
+def calibration_samples(cases, cnn, dictionary, *, stride: int | tuple[int, int] = 2, include_aug: bool = True,
                         sharp_variants: bool = True) -> tuple[list[tuple], int]:
     """Blender calibration samples ``(cnn, dictionary, distance, nd, body)`` of paired cases.
 
@@ -120,7 +120,7 @@ def calibrate_blender(
     dictionary,
     *,
     patients: Sequence[str] = CALIBRATION_PATIENTS,
-    stride: int = 2,
+    stride: int | tuple[int, int] = (2, 3),
     include_aug: bool = True,
     sharp_variants: bool = True,
     out: str | os.PathLike | None = None,

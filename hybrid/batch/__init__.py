@@ -433,7 +433,7 @@ def run_batch(
     cnn: str | os.PathLike | None = None,
     dictionary: str | os.PathLike | None = None,
     blender: str | os.PathLike | None = None,
-    stride: int | None = None,
+    stride: int | tuple[int, int] | None = None,
     dose_fraction: float | None = None,
     retries: int = 1,
     progress: bool = True,
@@ -492,7 +492,12 @@ def run_batch(
             if not path.exists():
                 raise FileNotFoundError(f"Expected the {name} model at {path}; it does not exist.")
             assets[name] = str(path)
-    options: dict[str, Any] = {} if stride is None else {"stride": int(stride)}
+    if stride is not None:
+        from hybrid.patches import check_stride
+
+        sy, sx = check_stride(stride)
+        stride = sy if sy == sx else [sy, sx]  # JSON-able: part of the manifest's config key
+    options: dict[str, Any] = {} if stride is None else {"stride": stride}
     jobs = plan_series(inputs, out_dir, format)
     out_path = Path(out_dir).resolve()
     out_path.mkdir(parents=True, exist_ok=True)
