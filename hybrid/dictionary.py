@@ -1006,16 +1006,7 @@ class PatchDictionary:
             ``name``: "dictionary".
         """
         k = _check_k(k)
-        try:
-            steps = check_stride(stride)
-        except ValueError:
-            steps = (0, 0)
-        if not all(1 <= v <= self.patch_size for v in steps):
-            raise ValueError(
-                f"Invalid value for argument `stride`. Expected an integer in [1, {self.patch_size}] "
-                f"(patch size), or a pair (y, x) of them, so that every pixel is covered. "
-                f"Received stride={stride!r}."
-            )
+        check_stride(stride, patch_size=self.patch_size)
         if not (bandwidth > 0):
             raise ValueError(f"Expected a positive bandwidth; received {bandwidth!r}.")
         if isinstance(volume_or_array, Volume):

@@ -90,15 +90,23 @@ def _axis_grid(n: int, stride: int) -> np.ndarray:
     return g
 
 
-def check_stride(stride: Any) -> tuple[int, int]:
-    """``(stride_y, stride_x)`` from a positive int or a pair of them; ValueError otherwise."""
+def check_stride(stride: Any, *, patch_size: int | None = None) -> tuple[int, int]:
+    """``(stride_y, stride_x)`` from a positive int or a pair of them; ValueError otherwise.
+
+    With ``patch_size``, each step must also be at most the patch size, so that
+    patches on that grid cover every pixel.
+    """
+    top = np.inf if patch_size is None else int(patch_size)
     pair = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
     if len(pair) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= top
+        for v in pair
     ):
+        bound = "a positive integer" if patch_size is None else (
+            f"an integer in [1, {top}] (the patch size, so that every pixel is covered)")
         raise ValueError(
-            "Invalid value for argument `stride`. Expected a positive integer or a pair of them "
-            f"(y, x). Received stride={stride!r}."
+            f"Invalid value for argument `stride`. Expected {bound}, or a pair (y, x) of them. "
+            f"Received stride={stride!r}."
         )
     return int(pair[0]), int(pair[1])
 

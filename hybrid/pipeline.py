@@ -290,16 +290,7 @@ class Enhancer:
             stride = tuple(stride) if isinstance(stride, list) else stride
         from hybrid.patches import check_stride
 
-        ps = self.dictionary.patch_size
-        try:
-            steps = check_stride(stride)
-        except ValueError:
-            steps = (0, 0)
-        if not all(1 <= v <= ps for v in steps):
-            raise ValueError(
-                f"Invalid value for argument `stride`. Expected an integer in [1, {ps}], or a pair "
-                f"(y, x) of them. Received stride={stride!r}."
-            )
+        steps = check_stride(stride, patch_size=self.dictionary.patch_size)
         self.stride: int | tuple[int, int] = steps[0] if steps[0] == steps[1] else steps
         self._last = threading.local()
 
