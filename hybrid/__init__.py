@@ -12,10 +12,9 @@ Heavy dependencies (TensorFlow, FAISS, pydicom) are imported only inside the
 modules that need them, so ``import hybrid`` stays fast.
 """
 
+from hybrid._version import __version__
 from hybrid.io import load, save
 from hybrid.volume import Provenance, Volume
-
-__version__ = "0.1.0"
 
 __all__ = ["Volume", "Provenance", "load", "save", "enhance", "Enhancer", "EnhanceMaps",
            "__version__"]

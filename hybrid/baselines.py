@@ -260,7 +260,7 @@ class Baseline:
                 out[z] = den
             else:
                 out[z][bz] = den[bz]
-        return Proposal(image=out[0] if squeeze else out, confidence=None, name=self.name)
+        return Proposal(image=out[0] if squeeze else out, name=self.name)
 
 
 class InputBaseline(Baseline):

@@ -132,11 +132,11 @@ class Blender:
                 f"Expected proposals of one shape; received cnn {cnn.image.shape} and "
                 f"dictionary {dictionary.image.shape}."
             )
-        if dictionary.confidence is None:
+        if dictionary.uncertainty is None:
             raise ValueError(
                 "Expected the dictionary proposal to carry its distance map (confidence); received None."
             )
-        w = self.weight(dictionary.confidence, np.abs(dictionary.image - cnn.image))
+        w = self.weight(dictionary.uncertainty, np.abs(dictionary.image - cnn.image))
         out = w * dictionary.image + (1.0 - w) * cnn.image
         return BlendResult(out.astype(np.float32), w)
 

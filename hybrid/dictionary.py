@@ -1036,7 +1036,7 @@ class PatchDictionary:
             self._propose_batch(stack, mask, batch, out, dist_out, k, bandwidth)
         if squeeze:
             out, dist_out = out[0], dist_out[0]
-        return Proposal(image=out, confidence=dist_out, name="dictionary")
+        return Proposal(image=out, uncertainty=dist_out, kind="nn_distance", name="dictionary")
 
     def _projection_and_mean(self) -> np.ndarray:
         """``(patch_size**2, key_dim + 1)``: the key projection, then the mean weights."""

@@ -30,7 +30,6 @@ The input is never modified.  Research software: no diagnostic claim.
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.artifacts import default_asset_paths, default_assets_dir
 from hybrid.volume import Volume, as_hu_array
 
 __all__ = [
@@ -60,30 +60,10 @@ log = logging.getLogger(__name__)
 #: log-uniformly over this range; see :mod:`hybrid.data`).
 TRAINED_DOSE_RANGE = (0.01, 0.10)
 
-_ASSET_NAMES = {"cnn": "cnn", "dictionary": "dictionary", "blender": "blend.json"}
-
-
 def _version() -> str:
     from hybrid import __version__
 
     return __version__
-
-
-def default_assets_dir() -> Path:
-    """Folder of the shipped default models: ``hybrid/assets`` inside the package."""
-    try:
-        root = importlib.resources.files("hybrid") / "assets"
-        return Path(str(root))
-    except Exception:  # pragma: no cover - e.g. a zipped package
-        import hybrid
-
-        return Path(hybrid.__file__).resolve().parent / "assets"
-
-
-def default_asset_paths() -> dict[str, Path]:
-    """Paths of the shipped ``cnn`` folder, ``dictionary`` folder and ``blender`` JSON."""
-    root = default_assets_dir()
-    return {k: root / v for k, v in _ASSET_NAMES.items()}
 
 
 def _missing_defaults(missing: list[Path]) -> FileNotFoundError:
@@ -462,7 +442,7 @@ class Enhancer:
                 if return_maps:
                     maps["cnn"][s] = cnn_p.image
                     maps["dictionary"][s] = dict_p.image
-                    maps["distance"][s] = dict_p.confidence
+                    maps["distance"][s] = dict_p.uncertainty
                     maps["dictionary_weight"][s] = res.dictionary_weight
                 bar.update(s.stop - s.start)
         finally:

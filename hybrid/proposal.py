@@ -1,17 +1,37 @@
-"""The common call shape of every proposer (CNN pair, dictionary, baselines).
+"""The one contract of every proposer (CNN pair, dictionary, baselines) and their registry.
 
-Each proposer turns a low-dose image into a proposed normal-dose image and,
-where it can, a per-pixel confidence or distance map, so that the blender and
-the evaluation treat them alike.
+A *proposer* turns a low-dose image into a proposed normal-dose image::
+
+    proposer.propose(volume, *, lung_mask=None, body_mask=None) -> Proposal
+
+``volume`` is a :class:`~hybrid.volume.Volume` or an HU array of shape
+(Z, Y, X) or (Y, X); the masks are optional boolean arrays of its shape (a
+proposer that needs one and is given none computes it with
+:mod:`hybrid.lung`).  Settings (stride, neighbours, batch size, ...) belong
+to the proposer's constructor, never to ``propose``.  The input is never
+modified; a 2-D slice gives the same image as a one-slice volume.
+
+The :class:`Proposal` says what its per-pixel map holds (``kind``), so that
+the blender and the evaluation never guess.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Proposal"]
+__all__ = ["Proposal", "Proposer", "UNCERTAINTY_KINDS", "register", "registered", "make"]
+
+#: What a proposal's ``uncertainty`` map can hold.  Every kind: low = trustworthy.
+UNCERTAINTY_KINDS = {
+    "nn_distance": "normalised nearest-neighbour distance of the dictionary match "
+                   "(about 1 or below: as close as the noise allows; inf: no match)",
+    "flip_disagreement_hu": "|f(x) - mirror(f(mirror(x)))| in HU between the proposer's "
+                            "estimates of the image and of its left-right mirror",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,26 +42,87 @@ class Proposal:
     ----------
     image : ndarray of shape (Z, Y, X) or (Y, X)
         Proposed normal-dose image in HU, float32.
-    confidence : ndarray of the same shape, or None
-        Per-pixel confidence or distance map; its meaning is documented by the
-        proposer that made it (the dictionary returns a normalised
-        nearest-neighbour distance: low means a close match).
+    uncertainty : ndarray of the same shape, or None
+        Per-pixel map of how far to trust ``image`` (low = trustworthy).
+    kind : str or None
+        What ``uncertainty`` holds: a key of :data:`UNCERTAINTY_KINDS`
+        (required with a map, None without one).
     name : str
         Short name of the proposer ("cnn", "dictionary", "nlm", ...).
     """
 
     image: np.ndarray
-    confidence: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    kind: str | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image, dtype=np.float32)
         object.__setattr__(self, "image", image)
-        if self.confidence is not None:
-            conf = np.asarray(self.confidence, dtype=np.float32)
-            if conf.shape != image.shape:
+        if self.uncertainty is None:
+            if self.kind is not None:
                 raise ValueError(
-                    f"Expected a confidence map of the image's shape {image.shape}; "
-                    f"received {conf.shape}."
+                    f"Expected kind=None for a proposal without an uncertainty map; "
+                    f"received kind={self.kind!r}."
                 )
-            object.__setattr__(self, "confidence", conf)
+            return
+        if self.kind not in UNCERTAINTY_KINDS:
+            raise ValueError(
+                f"Invalid value for argument `kind`. Expected one of {sorted(UNCERTAINTY_KINDS)} "
+                f"with an uncertainty map. Received kind={self.kind!r}."
+            )
+        unc = np.asarray(self.uncertainty, dtype=np.float32)
+        if unc.shape != image.shape:
+            raise ValueError(
+                f"Expected an uncertainty map of the image's shape {image.shape}; "
+                f"received {unc.shape}."
+            )
+        object.__setattr__(self, "uncertainty", unc)
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """What every proposer offers (see the module docstring)."""
+
+    name: str
+
+    def propose(self, volume: Any, *, lung_mask: Any = None, body_mask: Any = None) -> Proposal:
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Proposer]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Proposer]], Callable[..., Proposer]]:
+    """Class or factory decorator: make ``name`` a registered proposer (``make(name)``)."""
+
+    def deco(factory: Callable[..., Proposer]) -> Callable[..., Proposer]:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"Expected a new proposer name; {name!r} is registered already.")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_all() -> None:
+    # the modules that register proposers; imported on demand (TensorFlow, FAISS stay lazy
+    # inside their factories)
+    import hybrid.baselines  # noqa: F401
+    import hybrid.proposers  # noqa: F401
+
+
+def registered() -> tuple[str, ...]:
+    """Names of every registered proposer, sorted."""
+    _load_all()
+    return tuple(sorted(_REGISTRY))
+
+
+def make(name: str, **settings: Any) -> Proposer:
+    """A proposer by its registered name, with constructor ``settings``."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Invalid proposer name. Expected one of {sorted(_REGISTRY)}. Received {name!r}."
+        )
+    return _REGISTRY[name](**settings)

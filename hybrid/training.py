@@ -96,7 +96,7 @@ def calibration_samples(cases, cnn, dictionary, *, stride: int | tuple[int, int]
         lung = segment(uld, spacing=spacing)
         c = cnn.propose(uld, lung)
         d = dictionary.propose(uld, body_mask=body, stride=stride)
-        samples.append((c.image, d.image, d.confidence, nd, body))
+        samples.append((c.image, d.image, d.uncertainty, nd, body))
 
     n_sharp = 0
     for case in cases:

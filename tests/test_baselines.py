@@ -100,7 +100,7 @@ def test_2d_shape_dtype_and_input_untouched(name, slice_pair, slice_results):
     assert prop.name == name
     assert prop.image.shape == noisy.shape
     assert prop.image.dtype == np.float32
-    assert prop.confidence is None
+    assert prop.uncertainty is None
     assert np.isfinite(prop.image).all()
 
 

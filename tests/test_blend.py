@@ -37,11 +37,11 @@ def test_calibration_finds_the_threshold_and_beats_both_parts(rng):
 def test_blend_uses_weights_and_checks_shapes(rng):
     cnn, dic, dist, nd, _ = _synthetic(rng, 100)
     b = Blender("hard", 1.0)
-    out = b.blend(Proposal(cnn), Proposal(dic, dist))
+    out = b.blend(Proposal(cnn), Proposal(dic, dist, "nn_distance"))
     np.testing.assert_array_equal(out.image, np.where(dist < 1.0, dic, cnn))
     np.testing.assert_array_equal(out.dictionary_weight, (dist < 1.0).astype(np.float32))
     with pytest.raises(ValueError, match="one shape"):
-        b.blend(Proposal(cnn[:50]), Proposal(dic, dist))
+        b.blend(Proposal(cnn[:50]), Proposal(dic, dist, "nn_distance"))
     with pytest.raises(ValueError, match="distance map"):
         b.blend(Proposal(cnn), Proposal(dic))
 

@@ -322,7 +322,7 @@ def test_propose_shapes_batches_and_crop(pairs):
     uld, lung = uld[:, 5:-4, 3:], lung[:, 5:-4, 3:]  # odd size
     p1 = pair.propose(Volume(uld, spacing=(2.0, 0.7, 0.7)), lung, batch_size=1)
     p3 = pair.propose(uld, lung, batch_size=3)
-    assert isinstance(p1, Proposal) and p1.name == "cnn" and p1.confidence is None
+    assert isinstance(p1, Proposal) and p1.name == "cnn" and p1.uncertainty is None
     assert p1.image.shape == uld.shape and p1.image.dtype == np.float32
     np.testing.assert_allclose(p1.image, p3.image, atol=1e-3)
     single = pair.propose(uld[1], lung[1])
@@ -336,7 +336,7 @@ def test_propose_shapes_batches_and_crop(pairs):
     none = pair.propose(uld, np.zeros_like(lung))
     np.testing.assert_allclose(none.image, pair.predict_region("body", uld), atol=1e-3)
     flip = pair.propose(uld[:1], lung[:1], confidence="flip")
-    assert flip.confidence.shape == (1,) + uld.shape[1:] and (flip.confidence >= 0).all()
+    assert flip.uncertainty.shape == (1,) + uld.shape[1:] and (flip.uncertainty >= 0).all()
     with pytest.raises(ValueError, match="lung_mask of the image's shape"):
         pair.propose(uld, lung[:, :-1])
     with pytest.raises(ValueError, match="Received batch_size=0"):

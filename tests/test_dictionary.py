@@ -108,7 +108,7 @@ def test_save_load_roundtrip_is_identical(dictionary, data, tmp_path):
     a = dictionary.propose(uld, body_mask=body, stride=2, k=3)
     b = loaded.propose(uld, body_mask=body, stride=2, k=3)
     np.testing.assert_array_equal(a.image, b.image)
-    np.testing.assert_array_equal(a.confidence, b.confidence)
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
     with pytest.raises(FileExistsError):
         dictionary.save(path)
     dictionary.save(path, overwrite=True)
@@ -167,7 +167,7 @@ def test_patient_in_dictionary_is_reproduced_and_unseen_pattern_is_far(data):
     p = d.propose(uld, body_mask=body)
     rmse = _rmse(p.image, nd, body)
     assert rmse <= 10.0, rmse  # 0.008 HU seen (float16 values, approximate index)
-    assert float(np.median(p.confidence[body])) < 0.05
+    assert float(np.median(p.uncertainty[body])) < 0.05
     # an unseen pattern: a fine high-contrast checkerboard inside the body
     yy, xx = np.mgrid[0:128, 0:128]
     checker = np.where((yy // 2 + xx // 2) % 2 == 0, 600.0, -600.0).astype(np.float32)
@@ -176,8 +176,8 @@ def test_patient_in_dictionary_is_reproduced_and_unseen_pattern_is_far(data):
     probe = uld[0].copy()
     probe[region] = checker[region] + np.random.default_rng(5).normal(0, SIGMA, region.sum())
     q = d.propose(probe, body_mask=body[0])
-    assert float(np.median(q.confidence[region])) > 3.0  # 5.1 seen (self-matches: 0.0)
-    assert float(np.median(q.confidence[region])) > 20 * float(np.median(p.confidence[body]))
+    assert float(np.median(q.uncertainty[region])) > 3.0  # 5.1 seen (self-matches: 0.0)
+    assert float(np.median(q.uncertainty[region])) > 20 * float(np.median(p.uncertainty[body]))
 
 
 def test_proposal_denoises_new_patient(dictionary, data):
@@ -188,9 +188,9 @@ def test_proposal_denoises_new_patient(dictionary, data):
     before, after = _rmse(uld, nd, body), _rmse(p.image, nd, body)
     assert after < 0.7 * before, (before, after)  # 40.3 -> 22.0 HU seen
     np.testing.assert_array_equal(p.image[~body], uld[~body])  # outside the body: the input
-    assert np.isinf(p.confidence[~body]).all() and np.isfinite(p.confidence[body]).all()
+    assert np.isinf(p.uncertainty[~body]).all() and np.isfinite(p.uncertainty[body]).all()
     # typical matches sit near the noise level
-    assert 0.2 < float(np.median(p.confidence[body])) < 1.5  # 0.63 seen
+    assert 0.2 < float(np.median(p.uncertainty[body])) < 1.5  # 0.63 seen
 
 
 def test_slice_input_batches_and_k(dictionary, data):
@@ -202,7 +202,7 @@ def test_slice_input_batches_and_k(dictionary, data):
     assert one.image.shape == uld[1].shape
     np.testing.assert_allclose(one.image, whole.image[1], atol=1e-3)
     no_mask = dictionary.propose(uld[0], stride=3, k=2, bandwidth=np.inf)
-    assert np.isfinite(no_mask.image).all() and np.isfinite(no_mask.confidence).all()
+    assert np.isfinite(no_mask.image).all() and np.isfinite(no_mask.uncertainty).all()
 
 
 def test_metadata_mismatch_is_refused(dictionary, tmp_path):
@@ -288,6 +288,6 @@ def test_rectangular_query_grid(dictionary, data):
     before, r2, r23 = _rmse(uld, nd, body), _rmse(p2.image, nd, body), _rmse(p23.image, nd, body)
     assert r23 < 0.75 * before, (before, r23)  # 40.3 -> 23.7 HU seen
     assert r23 < 1.15 * r2, (r2, r23)  # 21.8 vs 23.7 HU seen: coarser grid, fewer overlaps
-    assert np.isfinite(p23.confidence[body]).all()
+    assert np.isfinite(p23.uncertainty[body]).all()
     with pytest.raises(ValueError, match="stride"):
         dictionary.propose(uld, body_mask=body, stride=(2, 8))

@@ -121,9 +121,16 @@ def test_batching_does_not_change_the_result(small_assets, uld):
                                                                    return_maps=True)
     eight = hybrid.Enhancer(*small_assets, batch_slices=8).enhance(uld, progress=False,
                                                                      return_maps=True)
-    np.testing.assert_array_equal(one[0].array, eight[0].array)
+    # The CNN's matrix products may sum in another order for another batch size (oneDNN picks
+    # its blocking by shape and load): float32 rounding of about 1e-4 HU was seen.  1e-3 HU is
+    # four orders of magnitude below the noise; masks and the search must match exactly.
+    np.testing.assert_allclose(one[0].array, eight[0].array, rtol=0, atol=1e-3)
     for name in one[1].ARRAYS:
-        np.testing.assert_array_equal(getattr(one[1], name), getattr(eight[1], name), err_msg=name)
+        a, b = getattr(one[1], name), getattr(eight[1], name)
+        if a.dtype == bool:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-3, err_msg=name)
 
 
 def test_maps_shapes_and_ranges(enhancer, uld):
@@ -189,9 +196,9 @@ def test_enhancer_arguments_are_checked(small_assets, tmp_path):
 
 
 def test_missing_defaults_say_how_to_make_them(monkeypatch, tmp_path):
-    from hybrid import pipeline
+    from hybrid import artifacts
 
-    monkeypatch.setattr(pipeline, "default_assets_dir", lambda: tmp_path / "assets")
+    monkeypatch.setattr(artifacts, "default_assets_dir", lambda: tmp_path / "assets")
     with pytest.raises(FileNotFoundError, match="make train dictionary"):
         hybrid.Enhancer()
 

@@ -495,7 +495,8 @@ class CNNPair:
         if squeeze:
             out = out[0]
             conf = conf[0] if conf is not None else None
-        return Proposal(image=out, confidence=conf, name="cnn")
+        return Proposal(image=out, uncertainty=conf,
+                        kind="flip_disagreement_hu" if conf is not None else None, name="cnn")
 
     def _run(self, region: str, x: np.ndarray, *, flip: bool) -> np.ndarray:
         if not flip:

@@ -101,3 +101,77 @@ def write_hdf5(
                     )
                 f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", shuffle=True)
     return path
+
+
+def write_arrays(
+    path: str | os.PathLike,
+    arrays: dict[str, np.ndarray],
+    *,
+    attrs: dict | None = None,
+    units: dict[str, str] | None = None,
+    chunks: dict[str, tuple[int, ...]] | None = None,
+    compress: bool | dict[str, bool] = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write named arrays (and JSON-able or scalar root ``attrs``) to one HDF5 file, atomically.
+
+    The one place outside :func:`write_hdf5` where the package writes HDF5: the
+    dictionary payload, enhancement maps and paired training cases go through
+    here.  Boolean arrays are stored as uint8.  ``attrs`` values that are
+    str, int, float or arrays are stored as they are; anything else as JSON.
+    ``units`` sets a per-dataset ``units`` attribute; ``chunks`` per-dataset
+    chunk shapes; ``compress`` gzip level 4 with shuffle (all, or per name).
+    """
+    import h5py
+
+    path = Path(path)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key, value in (attrs or {}).items():
+                if isinstance(value, (str, int, float, np.integer, np.floating, np.ndarray)):
+                    f.attrs[key] = value
+                else:
+                    f.attrs[key] = json.dumps(value, default=str)
+            for name, arr in arrays.items():
+                arr = np.asarray(arr)
+                if arr.dtype == bool:
+                    arr = arr.astype(np.uint8)
+                gz = compress.get(name, True) if isinstance(compress, dict) else compress
+                kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if gz else {}
+                if chunks and name in chunks:
+                    kw["chunks"] = chunks[name]
+                ds = f.create_dataset(name, data=arr, **kw)
+                if units and name in units:
+                    ds.attrs["units"] = units[name]
+    return path
+
+
+def read_arrays(
+    path: str | os.PathLike,
+    names: list[str] | tuple[str, ...] | None = None,
+    *,
+    slices: slice | None = None,
+    require: tuple[str, ...] = (),
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read named arrays (default: all) and the root attributes of an HDF5 file.
+
+    ``slices`` selects along the first axis.  ``require``: dataset or attribute
+    names that must be present (ValueError naming the missing ones otherwise).
+    Returns ``(arrays, attrs)``; string attributes are returned as str.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"Expected a readable HDF5 file; {path} failed to open: {exc}") from exc
+    with f:
+        missing = [k for k in require if k not in f and k not in f.attrs]
+        if missing:
+            raise ValueError(f"Expected {', '.join(require)} in {path}; missing {missing}.")
+        want = list(f.keys()) if names is None else list(names)
+        sl = slices if slices is not None else slice(None)
+        arrays = {n: f[n][sl] for n in want if n in f}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    return arrays, attrs
