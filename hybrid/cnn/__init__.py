@@ -30,6 +30,7 @@ _LAZY = {
     "build_model": "hybrid.cnn.models",
     "compile_model": "hybrid.cnn.models",
     "set_threads": "hybrid.cnn.models",
+    "clear_session": "hybrid.cnn.models",
     "get_strategy": "hybrid.cnn.models",
     "HURootMeanSquaredError": "hybrid.cnn.models",
     "predict_hu": "hybrid.cnn.models",

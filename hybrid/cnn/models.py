@@ -16,9 +16,15 @@ __all__ = [
     "build_model",
     "compile_model",
     "set_threads",
+    "clear_session",
     "get_strategy",
     "HURootMeanSquaredError",
 ]
+
+
+def clear_session() -> None:
+    """Drop every Keras model and graph of this process (between independent trainings)."""
+    keras.backend.clear_session()
 
 
 def set_threads(n: int | None = 2) -> bool:
