@@ -68,8 +68,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hybrid.proposal import Proposal
-from hybrid.volume import Volume, as_bool_mask, as_hu_array
+from hybrid.proposal import Proposal, register
+from hybrid.volume import as_mask, as_stack, check_pairs
 
 __all__ = [
     "HU_SCALE",
@@ -92,39 +92,6 @@ _IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _as_stack(volume_or_array: Any) -> tuple[np.ndarray, bool]:
-    """A (z, y, x) float32 HU array (a view where possible) and whether the input was 2-D."""
-    if isinstance(volume_or_array, Volume):
-        arr = volume_or_array.array
-    else:
-        arr = as_hu_array(volume_or_array, name="volume_or_array")
-    if arr.ndim == 2:
-        return arr[np.newaxis], True
-    if arr.ndim != 3:
-        raise ValueError(
-            f"Expected a 2-D slice (y, x) or a 3-D volume (z, y, x) in HU; received shape "
-            f"{arr.shape}. Pass a hybrid.Volume, a (z, y, x) array or one (y, x) slice."
-        )
-    if min(arr.shape) < 1:
-        raise ValueError(f"Expected a non-empty image; received shape {arr.shape}.")
-    return arr, False
-
-
-def _as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
-    """``mask`` as a bool array of ``shape`` (a 2-D mask for a 2-D image is lifted), or None."""
-    if mask is None:
-        return None
-    m = as_bool_mask(mask, name=name)
-    if m.ndim == 2 and len(shape) == 3 and shape[0] == 1:
-        m = m[np.newaxis]
-    if m.shape != tuple(shape):
-        raise ValueError(
-            f"Expected `{name}` of the image's shape {tuple(shape[1:]) if shape[0] == 1 else shape}; "
-            f"received {m.shape}."
-        )
-    return m
 
 
 def estimate_noise_sigma(image: Any, *, mask: Any = None) -> float:
@@ -198,6 +165,11 @@ def _check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
 # ---------------------------------------------------------------- baselines
 
 
+def register_baseline(cls):
+    """Class decorator: a baseline is a proposer registered under its ``name``."""
+    return register(cls.name)(cls)
+
+
 class Baseline:
     """Base class: slice-by-slice denoising of HU images.
 
@@ -247,9 +219,9 @@ class Baseline:
             ``image``: float32 HU, same shape as the input; ``confidence``:
             None; ``name``: this baseline's name.
         """
-        stack, squeeze = _as_stack(volume_or_array)
-        _as_mask(lung_mask, stack.shape, "lung_mask")  # validated, unused
-        body = _as_mask(body_mask, stack.shape, "body_mask")
+        stack, squeeze = as_stack(volume_or_array, name="volume_or_array")
+        as_mask(lung_mask, stack.shape, name="lung_mask")  # validated, unused
+        body = as_mask(body_mask, stack.shape, name="body_mask")
         out = np.array(stack, dtype=np.float32, copy=True)
         for z in range(stack.shape[0]):
             bz = None if body is None else body[z]
@@ -263,6 +235,7 @@ class Baseline:
         return Proposal(image=out[0] if squeeze else out, name=self.name)
 
 
+@register_baseline
 class InputBaseline(Baseline):
     """The ULD input itself: the floor every method must beat.
 
@@ -276,6 +249,7 @@ class InputBaseline(Baseline):
         return slice_hu
 
 
+@register_baseline
 class GaussianBaseline(Baseline):
     """In-plane Gaussian smoothing.
 
@@ -305,6 +279,7 @@ class GaussianBaseline(Baseline):
         )
 
 
+@register_baseline
 class NonLocalMeansBaseline(Baseline):
     """Non-local means (scikit-image, ``fast_mode=True``).
 
@@ -369,6 +344,7 @@ class NonLocalMeansBaseline(Baseline):
         return (den * HU_SCALE).astype(np.float32)
 
 
+@register_baseline
 class TotalVariationBaseline(Baseline):
     """Total-variation denoising (Chambolle's algorithm, scikit-image).
 
@@ -406,6 +382,7 @@ class TotalVariationBaseline(Baseline):
         return (den * HU_SCALE).astype(np.float32)
 
 
+@register_baseline
 class BM3DBaseline(Baseline):
     """BM3D (the ``bm3d`` package, 4.x; free for non-commercial use only).
 
@@ -501,38 +478,6 @@ BASELINES: dict[str, type[Baseline]] = {
 _MAXIMISE = ("ssim_lung", "ssim_soft_tissue", "psnr_lung", "psnr_soft_tissue")
 
 
-def _check_pairs(pairs: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    if isinstance(pairs, tuple) and len(pairs) == 3 and not isinstance(pairs[0], tuple):
-        raise ValueError(
-            "Expected `pairs` as a list of (uld, nd, body_mask) tuples; received one tuple. "
-            "Wrap it in a list: [(uld, nd, body_mask)]."
-        )
-    out = []
-    for i, item in enumerate(pairs):
-        try:
-            uld, nd, body = item
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"Expected each pair as (uld, nd, body_mask); pair {i} is {type(item).__name__}."
-            ) from exc
-        uld = uld.array if isinstance(uld, Volume) else as_hu_array(uld, name=f"pairs[{i}] uld")
-        nd = nd.array if isinstance(nd, Volume) else as_hu_array(nd, name=f"pairs[{i}] nd")
-        if uld.shape != nd.shape or uld.ndim not in (2, 3):
-            raise ValueError(
-                f"Expected ULD and ND of the same 2-D or 3-D shape in pair {i}; received "
-                f"{uld.shape} and {nd.shape}."
-            )
-        body = np.asarray(body)
-        if body.shape != uld.shape:
-            raise ValueError(
-                f"Expected the body mask of pair {i} of shape {uld.shape}; received {body.shape}."
-            )
-        out.append((uld, nd, body.astype(bool)))
-    if not out:
-        raise ValueError("Expected at least one (uld, nd, body_mask) training pair; received none.")
-    return out
-
-
 def tune(
     baseline_cls: type[Baseline] | str,
     pairs: Sequence[tuple[Any, Any, Any]],
@@ -596,7 +541,7 @@ def tune(
         raise ValueError(
             f"Invalid value for `metric`. Expected 'rmse_hu' or one of {_MAXIMISE}; received {metric!r}."
         )
-    checked = _check_pairs(pairs)
+    checked = check_pairs(pairs, keep_rank=True)
     grid = dict(baseline_cls.default_grid if grid is None else grid)
     names = list(grid)
     values = [list(grid[n]) for n in names]

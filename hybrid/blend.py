@@ -29,136 +29,301 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from hybrid.proposal import Proposal
 
-__all__ = ["Blender", "calibrate", "BlendResult"]
+__all__ = ["Blender", "BlendResult", "Mode", "HardMode", "SoftMode", "TableMode", "Table2DMode",
+           "MODES", "mode_from_config", "calibrate"]
 
 FORMAT = "hybrid-blender"
-VERSION = 1
+#: 2: weight rules per candidate, the digests of the models it was calibrated with.
+#: 1 (still read): one rule (mode, threshold, softness, table) for the dictionary.
+VERSION = 2
+
+
+# ---------------------------------------------------------------- weight rules (modes)
+class Mode:
+    """A rule that maps a candidate's uncertainty (and disagreement) to its weight in [0, 1].
+
+    Subclasses are frozen dataclasses with a ``name``; :meth:`get_config` gives
+    ``{"mode": name, **parameters}``, :func:`mode_from_config` the inverse.
+    """
+
+    name: ClassVar[str] = ""
+
+    def weight(self, uncertainty: np.ndarray, disagreement: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mode": self.name, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
 @dataclass(frozen=True)
+class HardMode(Mode):
+    """``w = 1`` where ``d < threshold``, else 0."""
+
+    name: ClassVar[str] = "hard"
+    threshold: float
+
+    def weight(self, uncertainty, disagreement=None):
+        return (np.asarray(uncertainty, np.float32) < self.threshold).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SoftMode(Mode):
+    """``w = 1 / (1 + exp((d - threshold) / softness))``; 0 where ``d`` is +inf."""
+
+    name: ClassVar[str] = "soft"
+    threshold: float
+    softness: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.softness > 0:
+            raise ValueError(
+                "Invalid value for argument `softness`. Expected a strictly positive value. "
+                f"Received softness={self.softness}."
+            )
+
+    def weight(self, uncertainty, disagreement=None):
+        d = np.asarray(uncertainty, np.float32)
+        z = np.clip((d - self.threshold) / self.softness, -60, 60)
+        w = (1.0 / (1.0 + np.exp(z))).astype(np.float32)
+        w[np.isposinf(d)] = 0.0  # no match at all (outside the body): the base alone
+        return w
+
+
+@dataclass(frozen=True)
+class TableMode(Mode):
+    """``w(d)`` piecewise linear through ``knots`` ((distance, weight), increasing)."""
+
+    name: ClassVar[str] = "table"
+    knots: tuple
+
+    def __post_init__(self) -> None:
+        knots = tuple(tuple(float(v) for v in k) for k in self.knots)
+        if len(knots) < 2 or any(len(k) != 2 for k in knots):
+            raise ValueError(
+                "Invalid value for argument `knots`. Expected at least 2 (distance, weight) "
+                f"knots. Received knots={self.knots!r}."
+            )
+        object.__setattr__(self, "knots", knots)
+
+    def weight(self, uncertainty, disagreement=None):
+        d = np.asarray(uncertainty, np.float32)
+        knots = np.asarray(self.knots, dtype=np.float64)
+        w = np.interp(np.where(np.isfinite(d), d, knots[-1, 0]), knots[:, 0], knots[:, 1])
+        w = w.astype(np.float32)
+        w[np.isposinf(d)] = 0.0
+        return w
+
+
+@dataclass(frozen=True)
+class Table2DMode(Mode):
+    """Bilinear ``w(d, g)`` over distance knots and disagreement ``g = |candidate - base|``
+    knots (HU); ``weights[i][j]`` at ``(d_knots[i], g_knots[j])``."""
+
+    name: ClassVar[str] = "table2d"
+    d_knots: tuple
+    g_knots: tuple
+    weights: tuple
+
+    def __post_init__(self) -> None:
+        d_k, g_k = tuple(map(float, self.d_knots)), tuple(map(float, self.g_knots))
+        w = tuple(tuple(float(v) for v in row) for row in self.weights)
+        if len(w) != len(d_k) or any(len(row) != len(g_k) for row in w) or len(d_k) < 2 \
+                or len(g_k) < 2:
+            raise ValueError(
+                "Invalid value for argument `weights`. Expected weights of shape "
+                "(len(d_knots), len(g_knots)), each >= 2. Received "
+                f"{len(d_k)} d_knots, {len(g_k)} g_knots, weights={self.weights!r}."
+            )
+        object.__setattr__(self, "d_knots", d_k)
+        object.__setattr__(self, "g_knots", g_k)
+        object.__setattr__(self, "weights", w)
+
+    def weight(self, uncertainty, disagreement=None):
+        if disagreement is None:
+            raise ValueError(
+                "Expected the disagreement |candidate - base| for a table2d rule; received None."
+            )
+        return _bilinear((self.d_knots, self.g_knots, self.weights),
+                         np.asarray(uncertainty, np.float32), np.asarray(disagreement, np.float32))
+
+
+MODES: dict[str, type[Mode]] = {m.name: m for m in (HardMode, SoftMode, TableMode, Table2DMode)}
+
+
+def mode_from_config(config: Mapping[str, Any]) -> Mode:
+    """The rule of a :meth:`Mode.get_config` dict."""
+    cfg = dict(config)
+    name = cfg.pop("mode", None)
+    if name not in MODES:
+        raise ValueError(
+            f"Invalid value for `mode`. Expected one of {sorted(MODES)}. Received mode={name!r}."
+        )
+    return MODES[name](**cfg)
+
+
+def _mode_v1(d: Mapping[str, Any]) -> Mode:
+    """The rule of a version-1 calibration (one mode for the dictionary)."""
+    mode, table = d.get("mode", "soft"), d.get("table", ())
+    if mode == "hard":
+        return HardMode(d["threshold"])
+    if mode == "soft":
+        return SoftMode(d["threshold"], d.get("softness", 0.1))
+    if mode == "table":
+        return TableMode(table)
+    if mode == "table2d":
+        return Table2DMode(*table)
+    raise ValueError(f"Invalid blender mode {mode!r} in a version-1 calibration.")
+
+
+# ---------------------------------------------------------------- the blender
+@dataclass(frozen=True)
 class BlendResult:
-    """Blended image and its source map (dictionary weight per pixel, in [0, 1])."""
+    """Blended image and the weight of each candidate per pixel (the source maps, in [0, 1])."""
 
     image: np.ndarray
-    dictionary_weight: np.ndarray
+    weights: dict
+
+    @property
+    def source_map(self) -> np.ndarray:
+        """Total weight of the candidates per pixel (0 = the base proposal alone)."""
+        return np.sum(list(self.weights.values()), axis=0, dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class Blender:
-    """Calibrated blending parameters.
+    """Joins a base proposal with candidates, each weighted by its calibrated rule.
 
     Parameters
     ----------
-    mode : {"soft", "hard", "table", "table2d"}
-    threshold : float
-        Distance ``t`` below which the dictionary wins.
-    softness : float
-        Width ``s`` of the logistic step (soft mode only), > 0.
-    table : tuple
-        table mode: (distance, weight) knots of the piecewise-linear weight,
-        increasing distances.  table2d mode: ``(d_knots, g_knots, weights)``
-        with ``weights[i][j]`` at ``(d_knots[i], g_knots[j])``.
+    modes : Mode or mapping of candidate name -> Mode
+        The weight rule of each candidate proposer (a single Mode: the
+        "dictionary" candidate).
     calibration : dict
-        How the parameters were chosen (validation RMSE per candidate, data).
+        How the rules were chosen (RMSE per candidate rule, data, grid).
+    calibrated_with : dict
+        Artifact digests (:mod:`hybrid.artifacts`) of the proposers it was
+        calibrated with, e.g. ``{"cnn": ..., "dictionary": ...}``; empty for
+        models that were never saved.  :class:`hybrid.pipeline.Enhancer`
+        refuses other models.
     """
 
-    mode: str = "soft"
-    threshold: float = 0.0
-    softness: float = 0.1
-    table: tuple = ()
+    modes: Any
     calibration: dict = field(default_factory=dict)
+    calibrated_with: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("soft", "hard", "table", "table2d"):
+        modes = {"dictionary": self.modes} if isinstance(self.modes, Mode) else dict(self.modes)
+        bad = {k: type(v).__name__ for k, v in modes.items() if not isinstance(v, Mode)}
+        if not modes or bad:
             raise ValueError(
-                "Invalid value for argument `mode`. Expected 'soft', 'hard', 'table' or 'table2d'. "
-                f"Received mode={self.mode!r}."
+                "Invalid value for argument `modes`. Expected a hybrid.blend.Mode (e.g. "
+                "SoftMode(1.0, 0.1)) or a mapping of candidate name to Mode. "
+                f"Received {self.modes!r}."
             )
-        if self.mode == "table2d":
-            d_k, g_k, w = self.table
-            w = tuple(tuple(float(v) for v in row) for row in w)
-            if len(w) != len(d_k) or any(len(row) != len(g_k) for row in w) or len(d_k) < 2 or len(g_k) < 2:
+        object.__setattr__(self, "modes", modes)
+
+    def info(self) -> dict[str, Any]:
+        """The rules with only the parameters that apply (tables summarised by their size)."""
+        out = {}
+        for name, m in self.modes.items():
+            cfg = m.get_config()
+            if isinstance(m, TableMode):
+                cfg["knots"] = len(m.knots)
+            elif isinstance(m, Table2DMode):
+                cfg = {"mode": m.name, "cells": [len(m.d_knots), len(m.g_knots)]}
+            out[name] = cfg
+        return out
+
+    def __repr__(self) -> str:
+        return f"Blender({self.info()})"
+
+    def weight(self, candidate: Proposal, base: Proposal) -> np.ndarray:
+        """The weight map of one candidate against the base proposal."""
+        if candidate.name not in self.modes:
+            raise ValueError(
+                f"Expected a candidate this blender was calibrated for ({sorted(self.modes)}); "
+                f"received {candidate.name!r}. Calibrate it (hybrid.blend.calibrate)."
+            )
+        if candidate.uncertainty is None:
+            raise ValueError(
+                f"Expected the {candidate.name!r} proposal to carry its uncertainty map; "
+                "received None."
+            )
+        return self.modes[candidate.name].weight(candidate.uncertainty,
+                                                 np.abs(candidate.image - base.image))
+
+    def blend(self, base: Proposal, *candidates: Proposal) -> BlendResult:
+        """Join the proposals pixel by pixel: ``(1 - sum w_i) base + sum w_i c_i``.
+
+        Where the candidates' weights sum to more than 1 they are scaled to sum to 1.
+        """
+        if not candidates:
+            raise ValueError("Expected at least one candidate proposal besides the base; received none.")
+        for c in candidates:
+            if c.image.shape != base.image.shape:
                 raise ValueError(
-                    "Invalid value for argument `table`. Expected (d_knots, g_knots, weights) with "
-                    f"weights of shape (len(d_knots), len(g_knots)), each ≥ 2. Received table={self.table!r}."
+                    f"Expected proposals of one shape; received {base.name or 'base'} "
+                    f"{base.image.shape} and {c.name} {c.image.shape}."
                 )
-            object.__setattr__(self, "table", (tuple(map(float, d_k)), tuple(map(float, g_k)), w))
-            return
-        object.__setattr__(self, "table", tuple(tuple(float(v) for v in k) for k in self.table))
-        if self.mode == "table" and (len(self.table) < 2 or any(len(k) != 2 for k in self.table)):
-            raise ValueError(
-                "Invalid value for argument `table`. Expected at least 2 (distance, weight) knots. "
-                f"Received table={self.table!r}."
-            )
-        if self.mode == "soft" and not self.softness > 0:
-            raise ValueError(
-                f"Invalid value for argument `softness`. Expected a strictly positive value. "
-                f"Received softness={self.softness}."
-            )
-
-    def weight(self, distance: np.ndarray, disagreement: np.ndarray | None = None) -> np.ndarray:
-        """Dictionary weight per pixel for a distance map (and, in table2d mode,
-        the disagreement ``|dict − cnn|`` in HU)."""
-        d = np.asarray(distance, dtype=np.float32)
-        if self.mode == "table2d":
-            if disagreement is None:
-                raise ValueError("Expected the disagreement |dict - cnn| for a table2d blender; received None.")
-            return _bilinear(self.table, d, np.asarray(disagreement, np.float32))
-        if self.mode == "hard":
-            return (d < self.threshold).astype(np.float32)
-        if self.mode == "table":
-            knots = np.asarray(self.table, dtype=np.float64)
-            w = np.interp(np.where(np.isfinite(d), d, knots[-1, 0]), knots[:, 0], knots[:, 1])
-            w = w.astype(np.float32)
-            w[np.isposinf(d)] = 0.0
-            return w
-        z = np.clip((d - self.threshold) / self.softness, -60, 60)
-        w = (1.0 / (1.0 + np.exp(z))).astype(np.float32)
-        w[np.isposinf(d)] = 0.0  # no match at all (outside the body): the CNN alone
-        return w
-
-    def blend(self, cnn: Proposal, dictionary: Proposal) -> BlendResult:
-        """Join the two proposals pixel by pixel."""
-        if cnn.image.shape != dictionary.image.shape:
-            raise ValueError(
-                f"Expected proposals of one shape; received cnn {cnn.image.shape} and "
-                f"dictionary {dictionary.image.shape}."
-            )
-        if dictionary.uncertainty is None:
-            raise ValueError(
-                "Expected the dictionary proposal to carry its distance map (confidence); received None."
-            )
-        w = self.weight(dictionary.uncertainty, np.abs(dictionary.image - cnn.image))
-        out = w * dictionary.image + (1.0 - w) * cnn.image
-        return BlendResult(out.astype(np.float32), w)
+        ws = [self.weight(c, base) for c in candidates]
+        if len(ws) > 1:
+            total = np.sum(ws, axis=0)
+            scale = 1.0 / np.maximum(total, 1.0)
+            ws = [(w * scale).astype(np.float32) for w in ws]
+        rest = 1.0 - ws[0] if len(ws) == 1 else 1.0 - np.sum(ws, axis=0)
+        out = rest * base.image
+        for w, c in zip(ws, candidates):
+            out = w * c.image + out
+        return BlendResult(out.astype(np.float32), {c.name: w for c, w in zip(candidates, ws)})
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
         from hybrid.io._atomic import atomic_file
 
         path = Path(path)
+        doc = {"format": FORMAT, "version": VERSION,
+               "candidates": {k: m.get_config() for k, m in self.modes.items()},
+               "calibration": self.calibration, "calibrated_with": self.calibrated_with}
         with atomic_file(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=2))
+            tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Blender:
         path = Path(path)
         d = json.loads(Path(path).read_text())
-        if d.pop("format", None) != FORMAT or d.pop("version", 0) > VERSION:
+        if d.get("format") != FORMAT or not 1 <= int(d.get("version", 0)) <= VERSION:
             raise ValueError(
-                f"Expected a {FORMAT} v{VERSION} calibration in {path}; received something else. "
-                "Recalibrate with hybrid.blend.calibrate()."
+                f"Expected a {FORMAT} calibration (version <= {VERSION}) in {path}; received "
+                f"format {d.get('format')!r} version {d.get('version')!r}. Recalibrate with "
+                "`make calibrate` (hybrid.blend.calibrate)."
             )
-        return cls(**d)
+        if int(d["version"]) == 1:
+            return cls(_mode_v1(d), calibration=d.get("calibration", {}))
+        modes = {k: mode_from_config(v) for k, v in d["candidates"].items()}
+        return cls(modes, calibration=d.get("calibration", {}),
+                   calibrated_with=d.get("calibrated_with", {}))
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
 
 
 def _rmse_for(weights, cnn, dic, nd, pixel_weight=None) -> float:
@@ -176,6 +341,7 @@ def calibrate(
     n_bins2d: tuple[int, int] = (12, 10),
     balance: bool = True,
     seed: int = 0,
+    candidate: str = "dictionary",
 ) -> Blender:
     """Choose blending parameters that minimise RMSE (HU) inside the body.
 
@@ -201,6 +367,8 @@ def calibrate(
         kernel at 1 % dose has errors ten times larger) decides the weights
         for all.  The objective is then the mean over samples of the relative
         MSE; the reported RMSEs are the balanced ones.
+    candidate : str
+        Name of the candidate proposer the samples' second image and distance come from.
 
     Returns
     -------
@@ -231,12 +399,12 @@ def calibrate(
     table = []
     best = (np.inf, None)
     for t in thresholds:
-        cand = Blender("hard", float(t), 0.1)
+        cand = HardMode(float(t))
         r = _rmse_for(cand.weight(dist), cnn, dic, nd, pw)
         table.append({"mode": "hard", "threshold": float(t), "rmse_hu": r})
         best = min(best, (r, cand), key=lambda x: x[0])
         for s in softness:
-            cand = Blender("soft", float(t), float(s))
+            cand = SoftMode(float(t), float(s))
             r = _rmse_for(cand.weight(dist), cnn, dic, nd, pw)
             table.append({"mode": "soft", "threshold": float(t), "softness": float(s), "rmse_hu": r})
             best = min(best, (r, cand), key=lambda x: x[0])
@@ -258,10 +426,10 @@ def calibrate(
         "rmse_blend_hu": float(rmse_best),
         "candidates": len(table),
     }
-    return Blender(chosen.mode, chosen.threshold, chosen.softness, chosen.table, info)
+    return Blender({candidate: chosen}, calibration=info)
 
 
-def _fit_table(cnn, dic, dist, nd, pw, *, n_bins: int) -> Blender:
+def _fit_table(cnn, dic, dist, nd, pw, *, n_bins: int) -> TableMode:
     """Weighted least-squares dictionary weight per distance-quantile bin (see module docs)."""
     finite = np.isfinite(dist)
     cnn, dic, dist, nd, pw = cnn[finite], dic[finite], dist[finite], nd[finite], pw[finite]
@@ -273,7 +441,7 @@ def _fit_table(cnn, dic, dist, nd, pw, *, n_bins: int) -> Blender:
     w = np.clip(num / np.maximum(den, 1e-9), 0.0, 1.0)
     centres = np.bincount(which, dist, minlength=len(edges) - 1) / np.maximum(
         np.bincount(which, minlength=len(edges) - 1), 1)
-    return Blender("table", float(np.median(dist)), 0.1, tuple(zip(centres.tolist(), w.tolist())))
+    return TableMode(tuple(zip(centres.tolist(), w.tolist())))
 
 
 def _quantile_bins(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +450,7 @@ def _quantile_bins(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, which
 
 
-def _fit_table2d(cnn, dic, dist, g, nd, pw, *, n_bins: tuple[int, int]) -> Blender:
+def _fit_table2d(cnn, dic, dist, g, nd, pw, *, n_bins: tuple[int, int]) -> Table2DMode:
     """Weighted least-squares dictionary weight per (distance, disagreement) cell."""
     finite = np.isfinite(dist)
     cnn, dic, dist, g, nd, pw = (a[finite] for a in (cnn, dic, dist, g, nd, pw))
@@ -298,7 +466,7 @@ def _fit_table2d(cnn, dic, dist, g, nd, pw, *, n_bins: tuple[int, int]) -> Blend
     d_c = np.bincount(di, dist, minlength=nd_) / cnt
     cnt = np.maximum(np.bincount(gi, minlength=ng_), 1)
     g_c = np.bincount(gi, g, minlength=ng_) / cnt
-    return Blender("table2d", float(np.median(dist)), 0.1, (tuple(d_c), tuple(g_c), w.tolist()))
+    return Table2DMode(tuple(d_c), tuple(g_c), w.tolist())
 
 
 def _bilinear(table, d: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.artifacts import default_asset_paths, default_assets_dir
-from hybrid.volume import Volume, as_hu_array
+from hybrid.volume import Volume, as_stack
 
 __all__ = [
     "Enhancer",
@@ -157,29 +157,6 @@ class EnhanceMaps:
         return path
 
 
-def _as_input(data: Any) -> tuple[np.ndarray, bool, Volume | None]:
-    """(3-D float32 array, was it 2-D, the Volume or None) with clear errors."""
-    if isinstance(data, Volume):
-        return data.array, False, data
-    if data is None or isinstance(data, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"Expected a hybrid.Volume or a NumPy array (z, y, x) in HU; received "
-            f"{type(data).__name__}. Read files first: hybrid.enhance(hybrid.load(path))."
-        )
-    arr = as_hu_array(data, name="the input")
-    if arr.ndim == 2:
-        return arr[np.newaxis], True, None
-    if arr.ndim != 3:
-        raise ValueError(
-            f"Expected a 2-D slice (y, x) or a 3-D volume (z, y, x) in HU; received shape "
-            f"{arr.shape} (rank {arr.ndim}). Pass one series at a time, e.g. array[0] for "
-            "the first of a batch of volumes."
-        )
-    if min(arr.shape) < 1:
-        raise ValueError(f"Expected a non-empty image; received shape {arr.shape}.")
-    return arr, False, None
-
-
 def _check_dose(dose_fraction: Any) -> float | None:
     if dose_fraction is None:
         return None
@@ -245,6 +222,7 @@ class Enhancer:
         stride: int | None = None,
         k: int = 1,
         batch_slices: int = 8,
+        allow_uncalibrated: bool = False,
     ) -> None:
         if not isinstance(batch_slices, (int, np.integer)) or isinstance(batch_slices, bool) \
                 or batch_slices < 1:
@@ -272,7 +250,27 @@ class Enhancer:
 
         steps = check_stride(stride, patch_size=self.dictionary.patch_size)
         self.stride: int | tuple[int, int] = steps[0] if steps[0] == steps[1] else steps
+        self._check_calibrated_with(allow_uncalibrated)
+        self.cnn = self.cnn.with_settings(batch_size=self.batch_slices)
+        self.dictionary = self.dictionary.with_settings(stride=self.stride, k=self.k)
         self._last = threading.local()
+
+    def _check_calibrated_with(self, allow: bool) -> None:
+        """Refuse models other than those the blender was calibrated with (see hybrid.artifacts)."""
+        expected = dict(self.blender.calibrated_with or {})
+        given = {"cnn": getattr(self.cnn, "digest", None),
+                 "dictionary": getattr(self.dictionary, "digest", None)}
+        wrong = [n for n, d in expected.items() if d and given.get(n) and given[n] != d]
+        if wrong and not allow:
+            raise ValueError(
+                f"Expected the {' and '.join(wrong)} the blender was calibrated with "
+                f"(digest {', '.join(expected[n][:12] for n in wrong)}); received "
+                f"{', '.join(str(given[n])[:12] for n in wrong)}. Recalibrate the blender for "
+                "these models (`make calibrate`), or pass allow_uncalibrated=True "
+                "(CLI: --allow-uncalibrated) for an experiment."
+            )
+        self.calibration_check = "mismatch allowed" if wrong else (
+            "matched" if any(expected.values()) else "not recorded")
 
     @property
     def last_info(self) -> dict[str, Any] | None:
@@ -342,9 +340,9 @@ class Enhancer:
 
     def __repr__(self) -> str:
         return (
-            f"Enhancer(cnn={self.cnn!r}, dictionary={self.dictionary!r}, blender=("
-            f"{self.blender.mode}, t={self.blender.threshold:g}, s={self.blender.softness:g}), "
-            f"stride={self.stride}, batch_slices={self.batch_slices})"
+            f"Enhancer(cnn={self.cnn!r}, dictionary={self.dictionary!r}, "
+            f"blender={self.blender.info()}, stride={self.stride}, "
+            f"batch_slices={self.batch_slices})"
         )
 
     # ------------------------------------------------------------------ running
@@ -385,7 +383,8 @@ class Enhancer:
             shape.  Maps have the input's shape too (2-D for a 2-D input).
         """
         t0 = time.perf_counter()
-        arr, two_d, vol = _as_input(volume)
+        arr, two_d = as_stack(volume, name="the input")
+        vol = volume if isinstance(volume, Volume) else None
         dose = _check_dose(dose_fraction)
         if dose is not None and not (TRAINED_DOSE_RANGE[0] <= dose <= TRAINED_DOSE_RANGE[1]):
             warnings.warn(
@@ -429,11 +428,10 @@ class Enhancer:
                 s = slice(start, min(start + self.batch_slices, nz))
                 x = arr[s]
                 clock = time.perf_counter()
-                cnn_p = self.cnn.propose(x, lung[s], batch_size=self.batch_slices)
+                cnn_p = self.cnn.propose(x, lung_mask=lung[s])
                 stages["cnn"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                dict_p = self.dictionary.propose(x, body_mask=body[s], stride=self.stride,
-                                                 k=self.k)
+                dict_p = self.dictionary.propose(x, body_mask=body[s])
                 stages["dictionary"] += time.perf_counter() - clock
                 clock = time.perf_counter()
                 res = self.blender.blend(cnn_p, dict_p)
@@ -443,7 +441,7 @@ class Enhancer:
                     maps["cnn"][s] = cnn_p.image
                     maps["dictionary"][s] = dict_p.image
                     maps["distance"][s] = dict_p.uncertainty
-                    maps["dictionary_weight"][s] = res.dictionary_weight
+                    maps["dictionary_weight"][s] = res.weights["dictionary"]
                 bar.update(s.stop - s.start)
         finally:
             bar.close()
@@ -463,8 +461,8 @@ class Enhancer:
             "stride": self.stride,
             "k": self.k,
             "batch_slices": self.batch_slices,
-            "blender": {"mode": self.blender.mode, "threshold": self.blender.threshold,
-                        "softness": self.blender.softness},
+            "blender": self.blender.info(),
+            "calibration_check": self.calibration_check,
             "models": dict(self.sources),
             "seconds": round(time.perf_counter() - t0, 3),
             "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()},

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "Provenance", "as_hu_array", "as_bool_mask", "grown_bbox"]
+__all__ = ["Volume", "Provenance", "as_hu_array", "as_bool_mask", "as_stack", "as_mask",
+           "check_pairs", "grown_bbox"]
 
 
 @dataclass(frozen=True)
@@ -193,3 +194,104 @@ def grown_bbox(mask: np.ndarray, reach: int) -> tuple[slice, slice] | None:
     h, w = plane.shape
     return (slice(max(rows[0] - reach, 0), min(rows[-1] + reach + 1, h)),
             slice(max(cols[0] - reach, 0), min(cols[-1] + reach + 1, w)))
+
+
+# ---------------------------------------------------------------- the shared input checks
+# One rule for every module that takes images, masks or training pairs.
+
+def as_stack(data: Any, *, name: str = "volume") -> tuple[np.ndarray, bool]:
+    """``data`` as a (z, y, x) float32 HU array (a view where possible) and whether it was 2-D.
+
+    A :class:`Volume` gives its array; an array-like of rank 2 (one slice) or 3 is
+    checked with :func:`as_hu_array`.  A path or None is refused with the fix.
+    """
+    if isinstance(data, Volume):
+        return data.array, False
+    if data is None or isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        raise TypeError(
+            f"Expected {name} as a hybrid.Volume or a NumPy array (z, y, x) in HU; received "
+            f"{type(data).__name__}. Read files first: hybrid.load(path)."
+        )
+    arr = as_hu_array(data, name=name)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+        was_2d = True
+    elif arr.ndim == 3:
+        was_2d = False
+    else:
+        raise ValueError(
+            f"Expected {name} as a 2-D slice (y, x) or a 3-D volume (z, y, x) in HU; received "
+            f"shape {arr.shape} (rank {arr.ndim}). Pass one series at a time, e.g. array[0] "
+            "for the first of a batch of volumes."
+        )
+    if min(arr.shape) < 1:
+        raise ValueError(f"Expected a non-empty {name}; received shape {arr.shape}.")
+    return arr, was_2d
+
+
+def as_mask(mask: Any, shape: tuple[int, ...], *, name: str = "mask",
+            fill: bool | None = None) -> np.ndarray | None:
+    """``mask`` as a bool array of ``shape``, or ``fill`` where it is None.
+
+    A :class:`Volume` gives its array; 0/1 numbers are accepted
+    (:func:`as_bool_mask`); a 2-D mask for a one-slice 3-D ``shape`` is lifted.
+    ``fill``: None returns None for a missing mask, True/False a constant mask.
+    """
+    shape = tuple(int(s) for s in shape)
+    if mask is None:
+        return None if fill is None else np.full(shape, bool(fill))
+    m = as_bool_mask(mask.array if isinstance(mask, Volume) else mask, name=name)
+    if m.ndim == 2 and len(shape) == 3 and shape[0] == 1:
+        m = m[np.newaxis]
+    if m.shape != shape:
+        raise ValueError(
+            f"Expected `{name}` of the image's shape {shape}; received {m.shape}. "
+            "Pass a mask of the same slices as the image."
+        )
+    return m
+
+
+def check_pairs(pairs: Any, *, name: str = "pairs",
+                keep_rank: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Training pairs as a list of ``(uld, nd, body_mask)`` (z, y, x) arrays.
+
+    ``keep_rank``: a 2-D pair stays 2-D (y, x) instead of one-slice (1, y, x).
+
+    ``pairs`` is a list of tuples ``(uld, nd, body_mask)``: Volumes or HU arrays
+    of one 2-D or 3-D shape; ``body_mask`` None means the whole image.  One bare
+    tuple is refused (ambiguous with a list of three images): wrap it in a list.
+    """
+    if isinstance(pairs, tuple) and len(pairs) == 3 and not isinstance(pairs[0], (tuple, list)):
+        raise ValueError(
+            f"Expected `{name}` as a list of (uld, nd, body_mask) tuples; received one tuple. "
+            "Wrap it in a list: [(uld, nd, body_mask)]."
+        )
+    try:
+        items = list(pairs)
+    except TypeError as exc:
+        raise ValueError(
+            f"Expected `{name}` as a list of (uld, nd, body_mask) tuples; received "
+            f"{type(pairs).__name__}."
+        ) from exc
+    if not items:
+        raise ValueError(f"Expected at least one (uld, nd, body_mask) tuple in `{name}`; received none.")
+    out = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) == 3):
+            size = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
+            raise ValueError(
+                f"Expected {name}[{i}] as a tuple (uld, nd, body_mask); received "
+                f"{type(item).__name__}{size}. Use None as body_mask for whole images."
+            )
+        uld, flat_u = as_stack(item[0], name=f"the uld of {name}[{i}]")
+        nd, flat_n = as_stack(item[1], name=f"the nd of {name}[{i}]")
+        if uld.shape != nd.shape:
+            raise ValueError(
+                f"Expected the uld and nd of {name}[{i}] with one shape; received {uld.shape} "
+                f"and {nd.shape}."
+            )
+        body = as_mask(item[2], uld.shape, name=f"the body_mask of {name}[{i}]", fill=True)
+        if keep_rank and flat_u and flat_n:
+            uld, nd, body = uld[0], nd[0], body[0]
+        out.append((uld, nd, body))
+    return out

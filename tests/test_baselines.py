@@ -226,7 +226,7 @@ def test_tune_errors(slice_pair):
         tune("median", [(noisy, clean, body)])
     with pytest.raises(ValueError, match="list"):
         tune(GaussianBaseline, (noisy, clean, body))
-    with pytest.raises(ValueError, match="same"):
+    with pytest.raises(ValueError, match="one shape"):
         tune(GaussianBaseline, [(noisy, clean[:10], body)])
     with pytest.raises(ValueError, match="at least one"):
         tune(GaussianBaseline, [])

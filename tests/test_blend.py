@@ -1,11 +1,19 @@
-"""The confidence blender: weights, calibration, persistence."""
+"""The confidence blender: weight rules, calibration, several candidates, persistence."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hybrid.blend import Blender, calibrate
+from hybrid.blend import (
+    Blender,
+    HardMode,
+    SoftMode,
+    Table2DMode,
+    TableMode,
+    calibrate,
+    mode_from_config,
+)
 from hybrid.proposal import Proposal
 
 
@@ -18,17 +26,26 @@ def _synthetic(rng, n=200_000):
     return cnn, dic, dist, nd, np.ones(n, bool)
 
 
+def _dict(image, dist):
+    return Proposal(image, dist, "nn_distance", name="dictionary")
+
+
 def test_weight_hard_and_soft():
     d = np.array([0.0, 0.9, 1.0, 1.1, 5.0, np.inf], np.float32)
-    np.testing.assert_array_equal(Blender("hard", 1.0).weight(d), [1, 1, 0, 0, 0, 0])
-    w = Blender("soft", 1.0, 0.1).weight(d)
+    np.testing.assert_array_equal(HardMode(1.0).weight(d), [1, 1, 0, 0, 0, 0])
+    w = SoftMode(1.0, 0.1).weight(d)
     assert w[2] == pytest.approx(0.5) and np.all(np.diff(w) <= 0) and w[-1] == 0 and w[0] > 0.99
 
 
 def test_calibration_finds_the_threshold_and_beats_both_parts(rng):
     b = calibrate([_synthetic(rng)])
-    # The dictionary is trustworthy below distance 1: the threshold lands there (grid spacing 0.06).
-    assert 0.85 < b.threshold < 1.15
+    mode = b.modes["dictionary"]
+    # The dictionary is trustworthy below distance 1: the weight drops there.  Beyond it
+    # the least-squares weight of a 60 HU error against the CNN's 20 HU is
+    # 20² / (20² + 60²) = 0.1 (a hard or soft rule gives 0 there).
+    w = mode.weight(np.array([0.5, 0.85, 1.15, 1.5], np.float32),
+                    np.full(4, 30.0, np.float32))
+    assert w[0] > 0.9 and w[1] > 0.5 > w[2] and w[3] < 0.15
     c = b.calibration
     # Ideal: dictionary (2 HU) on half the pixels, CNN (20 HU) on the rest → sqrt((4 + 400) / 2) = 14.2 HU.
     assert c["rmse_blend_hu"] < 15.0 < 0.75 * min(c["rmse_cnn_hu"], c["rmse_dictionary_hu"])
@@ -36,29 +53,91 @@ def test_calibration_finds_the_threshold_and_beats_both_parts(rng):
 
 def test_blend_uses_weights_and_checks_shapes(rng):
     cnn, dic, dist, nd, _ = _synthetic(rng, 100)
-    b = Blender("hard", 1.0)
-    out = b.blend(Proposal(cnn), Proposal(dic, dist, "nn_distance"))
+    b = Blender(HardMode(1.0))
+    out = b.blend(Proposal(cnn, name="cnn"), _dict(dic, dist))
     np.testing.assert_array_equal(out.image, np.where(dist < 1.0, dic, cnn))
-    np.testing.assert_array_equal(out.dictionary_weight, (dist < 1.0).astype(np.float32))
+    np.testing.assert_array_equal(out.weights["dictionary"], (dist < 1.0).astype(np.float32))
+    np.testing.assert_array_equal(out.source_map, out.weights["dictionary"])
     with pytest.raises(ValueError, match="one shape"):
-        b.blend(Proposal(cnn[:50]), Proposal(dic, dist, "nn_distance"))
-    with pytest.raises(ValueError, match="distance map"):
-        b.blend(Proposal(cnn), Proposal(dic))
+        b.blend(Proposal(cnn[:50], name="cnn"), _dict(dic, dist))
+    with pytest.raises(ValueError, match="uncertainty map"):
+        b.blend(Proposal(cnn, name="cnn"), Proposal(dic, name="dictionary"))
+    with pytest.raises(ValueError, match="calibrated for"):
+        b.blend(Proposal(cnn, name="cnn"), Proposal(dic, dist, "nn_distance", name="prior"))
+    with pytest.raises(ValueError, match="at least one candidate"):
+        b.blend(Proposal(cnn, name="cnn"))
+
+
+def test_two_candidates_weights_never_sum_above_one(rng):
+    cnn, dic, dist, nd, _ = _synthetic(rng, 1000)
+    prior = nd + 1.0
+    b = Blender({"dictionary": HardMode(1.0), "prior": HardMode(1.5)})
+    out = b.blend(Proposal(cnn, name="cnn"), _dict(dic, dist),
+                  Proposal(prior, dist, "nn_distance", name="prior"))
+    total = out.weights["dictionary"] + out.weights["prior"]
+    assert total.max() <= 1.0 + 1e-6
+    both = dist < 1.0  # both trusted: half each
+    np.testing.assert_allclose(out.image[both], 0.5 * dic[both] + 0.5 * prior[both], atol=1e-3)
+    only_prior = (dist >= 1.0) & (dist < 1.5)
+    np.testing.assert_array_equal(out.image[only_prior], prior[only_prior])
+    neither = dist >= 1.5
+    np.testing.assert_array_equal(out.image[neither], cnn[neither])
+
+
+def test_table2d_interpolates_bilinearly_and_is_constant_beyond_the_knots():
+    """The shipped rule: w(d, g) bilinear between cell centres, clamped outside, 0 at d = inf."""
+    m = Table2DMode((0.0, 1.0), (0.0, 100.0), ((1.0, 0.5), (0.5, 0.0)))
+    d = np.array([0.0, 1.0, 0.5, 0.5, -3.0, 9.0, np.inf], np.float32)
+    g = np.array([0.0, 100.0, 50.0, 0.0, 0.0, 500.0, 0.0], np.float32)
+    np.testing.assert_allclose(m.weight(d, g), [1.0, 0.0, 0.5, 0.75, 1.0, 0.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="disagreement"):
+        m.weight(d)
+    with pytest.raises(ValueError, match="weights of shape"):
+        Table2DMode((0.0, 1.0), (0.0,), ((1.0,), (0.5,)))
+    # in a blender, g is |candidate - base|: a candidate 100 HU away at d = 0 gets w = 0.5
+    base = Proposal(np.zeros(1, np.float32), name="cnn")
+    cand = _dict(np.full(1, 100.0, np.float32), np.zeros(1, np.float32))
+    out = Blender(m).blend(base, cand)
+    np.testing.assert_allclose(out.image, [50.0], atol=1e-4)
 
 
 def test_save_load_round_trip(tmp_path, rng):
     b = calibrate([_synthetic(rng, 20_000)])
+    b = Blender(b.modes, calibration=b.calibration, calibrated_with={"cnn": "a" * 64})
     path = b.save(tmp_path / "blend.json")
     assert Blender.load(path) == b
+    for mode in (HardMode(0.3), SoftMode(0.3, 0.2), TableMode(((0, 1), (1, 0))),
+                 Table2DMode((0, 1), (0, 1), ((1, 0), (0, 1)))):
+        assert mode_from_config(mode.get_config()) == mode
     path.write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="hybrid-blender"):
         Blender.load(path)
 
 
-@pytest.mark.parametrize("kw,match", [({"mode": "x"}, "mode"), ({"softness": 0.0}, "softness")])
-def test_bad_parameters(kw, match):
+def test_version_1_calibration_still_loads(tmp_path):
+    path = tmp_path / "v1.json"
+    path.write_text('{"format": "hybrid-blender", "version": 1, "mode": "soft", "threshold": 0.4,'
+                    ' "softness": 0.2, "table": [], "calibration": {"stride": 2}}')
+    b = Blender.load(path)
+    assert b.modes == {"dictionary": SoftMode(0.4, 0.2)} and b.calibration == {"stride": 2}
+
+
+def test_repr_and_info_show_only_the_parameters_that_apply():
+    assert Blender(HardMode(0.5)).info() == {"dictionary": {"mode": "hard", "threshold": 0.5}}
+    info = Blender(Table2DMode((0, 1), (0, 1, 2), ((1, 0, 0), (0, 1, 0)))).info()
+    assert info == {"dictionary": {"mode": "table2d", "cells": [2, 3]}}
+    assert "softness" not in repr(Blender(HardMode(0.5)))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: mode_from_config({"mode": "x"}), "mode"),
+    (lambda: SoftMode(1.0, 0.0), "softness"),
+    (lambda: TableMode(((0, 1),)), "knots"),
+    (lambda: Blender({"dictionary": "soft"}), "Mode"),
+])
+def test_bad_parameters(make, match):
     with pytest.raises(ValueError, match=match):
-        Blender(**kw)
+        make()
 
 
 def test_table_weight_is_least_squares_optimal_per_bin(rng):
@@ -70,8 +149,9 @@ def test_table_weight_is_least_squares_optimal_per_bin(rng):
     dic = nd + np.where(dist < 1.0, rng.normal(0, 2, n), rng.normal(0, 20, n)).astype(np.float32)
     cnn = nd + rng.normal(0, 20, n).astype(np.float32)
     b = calibrate([(cnn, dic, dist, nd, np.ones(n, bool))], max_pixels=n)
-    assert b.mode == "table"
-    w = b.weight(np.array([0.2, 0.5, 1.5, 1.8, np.inf], np.float32))
+    mode = b.modes["dictionary"]
+    assert isinstance(mode, TableMode)
+    w = mode.weight(np.array([0.2, 0.5, 1.5, 1.8, np.inf], np.float32))
     np.testing.assert_allclose(w[:2], 0.99, atol=0.02)  # 20² / (20² + 2²) = 0.990
     np.testing.assert_allclose(w[2:4], 0.5, atol=0.05)
     assert w[4] == 0

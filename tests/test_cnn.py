@@ -287,11 +287,11 @@ def test_save_load_round_trip_identical_predictions(tmp_path, pairs):
     pair = make_pair()
     pair.metadata["data_manifest"] = [{"patient_id": "p0"}]
     uld, _, lung, _, _ = pairs[0]
-    before = pair.propose(uld, lung).image
+    before = pair.propose(uld, lung_mask=lung).image
     pair.save(tmp_path / "m")
     loaded = CNNPair.load(tmp_path / "m", expected_manifest=[{"patient_id": "p0"}])
     assert loaded.lung_config == pair.lung_config and loaded.body_config == pair.body_config
-    np.testing.assert_array_equal(loaded.propose(uld, lung).image, before)
+    np.testing.assert_array_equal(loaded.propose(uld, lung_mask=lung).image, before)
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert (
         meta["format_version"] == 1 and meta["hybrid_version"] and meta["metadata"]["data_manifest"]
@@ -320,12 +320,12 @@ def test_propose_shapes_batches_and_crop(pairs):
     pair.precision = "float32"  # exact comparisons (bfloat16: see the next test)
     uld, _, lung, _, _ = pairs[1]
     uld, lung = uld[:, 5:-4, 3:], lung[:, 5:-4, 3:]  # odd size
-    p1 = pair.propose(Volume(uld, spacing=(2.0, 0.7, 0.7)), lung, batch_size=1)
-    p3 = pair.propose(uld, lung, batch_size=3)
+    p1 = pair.with_settings(batch_size=1).propose(Volume(uld, spacing=(2.0, 0.7, 0.7)), lung_mask=lung)
+    p3 = pair.with_settings(batch_size=3).propose(uld, lung_mask=lung)
     assert isinstance(p1, Proposal) and p1.name == "cnn" and p1.uncertainty is None
     assert p1.image.shape == uld.shape and p1.image.dtype == np.float32
     np.testing.assert_allclose(p1.image, p3.image, atol=1e-3)
-    single = pair.propose(uld[1], lung[1])
+    single = pair.propose(uld[1], lung_mask=lung[1])
     assert single.image.shape == uld.shape[1:]
     np.testing.assert_allclose(single.image, p1.image[1], atol=1e-3)
     # cropping the lung model to the lungs gives the same result as running it everywhere
@@ -333,14 +333,14 @@ def test_propose_shapes_batches_and_crop(pairs):
     full = w * pair.predict_region("lung", uld) + (1 - w) * pair.predict_region("body", uld)
     np.testing.assert_allclose(p1.image, full, atol=1e-2)
     # no lungs: the body model alone
-    none = pair.propose(uld, np.zeros_like(lung))
+    none = pair.propose(uld, lung_mask=np.zeros_like(lung))
     np.testing.assert_allclose(none.image, pair.predict_region("body", uld), atol=1e-3)
-    flip = pair.propose(uld[:1], lung[:1], confidence="flip")
+    flip = pair.with_settings(uncertainty="flip").propose(uld[:1], lung_mask=lung[:1])
     assert flip.uncertainty.shape == (1,) + uld.shape[1:] and (flip.uncertainty >= 0).all()
-    with pytest.raises(ValueError, match="lung_mask of the image's shape"):
-        pair.propose(uld, lung[:, :-1])
+    with pytest.raises(ValueError, match="`lung_mask` of the image.s shape"):
+        pair.propose(uld, lung_mask=lung[:, :-1])
     with pytest.raises(ValueError, match="Received batch_size=0"):
-        pair.propose(uld, lung, batch_size=0)
+        pair.with_settings(batch_size=0).propose(uld, lung_mask=lung)
 
 
 def test_bfloat16_inference_is_close_to_float32(pairs):
@@ -353,11 +353,11 @@ def test_bfloat16_inference_is_close_to_float32(pairs):
     pair = make_pair(seed=3)
     uld, _, lung, _, _ = pairs[1]
     pair.precision = "float32"
-    ref = pair.propose(uld, lung).image
+    ref = pair.propose(uld, lung_mask=lung).image
     pair.precision = "bfloat16"
     assert pair.active_precision == "bfloat16"
-    low = pair.propose(uld, lung).image
-    low1 = pair.propose(uld, lung, batch_size=1).image
+    low = pair.propose(uld, lung_mask=lung).image
+    low1 = pair.with_settings(batch_size=1).propose(uld, lung_mask=lung).image
     residual = np.sqrt(np.mean((ref - uld) ** 2))
     err = np.sqrt(np.mean((low - ref) ** 2))
     # seen: 0.056 HU RMS against a 10.8 HU RMS residual (0.5 %); bound 4x that
@@ -396,13 +396,13 @@ def test_mask_composition_has_no_seam():
         g = np.hypot(*np.gradient(out, axis=(1, 2)))
         return g[:, border].mean() / g[:, far].mean()
 
-    smooth = pair.propose(image, lung).image
+    smooth = pair.propose(image, lung_mask=lung).image
     assert np.isclose(
         np.median(smooth[:, disc] - image[:, disc]), 15.0, atol=0.5
     )  # lung model inside
     assert np.isclose(np.median(smooth[:, far & ~disc] - image[:, far & ~disc]), -15.0, atol=0.5)
     assert ratio(smooth) <= 1.05
-    hard = pair.propose(image, lung, transition_sigma=0.0).image
+    hard = pair.with_settings(transition_sigma=0.0).propose(image, lung_mask=lung).image
     assert ratio(hard) > 1.12  # the criterion does see a seam
     # the blended correction changes by at most 30 HU * max|grad w| per pixel (sigma = 3)
     corr = smooth - image
@@ -479,7 +479,7 @@ def test_train_pair_saves_loadable_pair(tmp_path, pairs):
     loaded = CNNPair.load(tmp_path / "model", expected_manifest=results["lung"].manifest)
     uld, _, lung, _, _ = pairs[2]
     np.testing.assert_array_equal(
-        loaded.propose(uld[:1], lung[:1]).image, pair.propose(uld[:1], lung[:1]).image
+        loaded.propose(uld[:1], lung_mask=lung[:1]).image, pair.propose(uld[:1], lung_mask=lung[:1]).image
     )
 
 

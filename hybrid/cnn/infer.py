@@ -22,10 +22,12 @@ import numpy as np
 import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 
+from hybrid._version import __version__
+from hybrid.artifacts import MANIFEST_FILE, read_manifest, write_manifest
 from hybrid.cnn.config import CNNConfig
 from hybrid.cnn.models import build_model, predict_hu
 from hybrid.io._atomic import sha256_file
-from hybrid.volume import Volume, as_hu_array, grown_bbox
+from hybrid.volume import Volume, as_mask, as_stack, grown_bbox
 
 try:  # the project's common proposal type
     from hybrid.proposal import Proposal
@@ -86,15 +88,6 @@ def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
     crop = (..., *box)
     w[crop] = gaussian_filter(m[crop], sigma=sig, mode="nearest", truncate=_TRUNCATE)
     return np.clip(w, 0.0, 1.0, out=w)
-
-
-def _hybrid_version() -> str:
-    try:
-        from hybrid import __version__
-
-        return __version__
-    except Exception:  # pragma: no cover
-        return "unknown"
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -160,13 +153,12 @@ class CNNPair:
         body_config: CNNConfig,
         metadata: dict[str, Any] | None = None,
         precision: str = "auto",
+        batch_size: int = 4,
+        transition_sigma: float = 3.0,
+        uncertainty: str | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"Invalid value for argument `precision`. Expected one of {PRECISIONS}. "
-                f"Received precision={precision!r}"
-            )
-        self.precision = precision
+        self._set(precision=precision, batch_size=batch_size, transition_sigma=transition_sigma,
+                  uncertainty=uncertainty)
         for key, cfg, region in (
             ("lung_config", lung_config, "lung"),
             ("body_config", body_config, "body"),
@@ -187,12 +179,68 @@ class CNNPair:
         #: versions and time recorded by :meth:`save` (filled by :meth:`load`)
         self.saved_info: dict[str, Any] = {}
         self._fns: dict[str, Any] = {}
+        #: the artifact digest (:mod:`hybrid.artifacts`) once saved or loaded; None in memory
+        self.digest: str | None = None
+
+    #: The settings of :meth:`propose` (constructor keywords, :meth:`with_settings`).
+    SETTINGS = ("precision", "batch_size", "transition_sigma", "uncertainty")
+    #: Outside the body mask the CNN still restores the slice (the mask is not used).
+    outside_body = "restored"
+    name = "cnn"
+
+    def _set(self, **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(self.SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"Invalid CNNPair setting(s) {unknown}. Expected some of {list(self.SETTINGS)}."
+            )
+        if "precision" in settings and settings["precision"] not in PRECISIONS:
+            raise ValueError(
+                f"Invalid value for argument `precision`. Expected one of {PRECISIONS}. "
+                f"Received precision={settings['precision']!r}"
+            )
+        bs = settings.get("batch_size", 1)
+        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(
+                "Invalid value for argument `batch_size`. Expected a strictly positive integer. "
+                f"Received batch_size={bs!r}"
+            )
+        if not float(settings.get("transition_sigma", 1.0)) >= 0:
+            raise ValueError(
+                "Invalid value for argument `transition_sigma`. Expected a non-negative "
+                f"value. Received transition_sigma={settings['transition_sigma']!r}"
+            )
+        if settings.get("uncertainty") not in (None, "flip"):
+            raise ValueError(
+                "Invalid value for argument `uncertainty`. Expected None or 'flip'. "
+                f"Received uncertainty={settings['uncertainty']!r}"
+            )
+        if "batch_size" in settings:
+            settings["batch_size"] = int(settings["batch_size"])
+        if "transition_sigma" in settings:
+            settings["transition_sigma"] = float(settings["transition_sigma"])
+        for k, v in settings.items():
+            setattr(self, k, v)
+
+    def with_settings(self, **settings: Any) -> CNNPair:
+        """A copy with other :attr:`SETTINGS`, sharing the loaded models (cheap)."""
+        import copy
+
+        other = copy.copy(self)
+        other._set(**settings)
+        if other.precision != self.precision:
+            other._fns = {}
+        return other
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.SETTINGS}
 
     def __repr__(self) -> str:
         lc, bc = self.lung_config, self.body_config
         return (
             f"CNNPair(lung={lc.depth}x{lc.width} k{lc.kernel_size}, "
-            f"body={bc.depth}x{bc.width} k{bc.kernel_size})"
+            f"body={bc.depth}x{bc.width} k{bc.kernel_size}, batch_size={self.batch_size})"
         )
 
     @classmethod
@@ -228,7 +276,7 @@ class CNNPair:
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
-                "hybrid_version": _hybrid_version(),
+                "hybrid_version": __version__,
                 "tensorflow_version": tf.__version__,
                 "keras_version": keras.__version__,
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -242,6 +290,11 @@ class CNNPair:
             (tmp / "metadata.json").write_text(
                 json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
             )
+            man = write_manifest(
+                tmp, format=FORMAT, version=FORMAT_VERSION, files=sorted(_FILES.values()),
+                config={"lung": self.lung_config.to_dict(), "body": self.body_config.to_dict()},
+                data_manifest=self.metadata.get("data_manifest"))
+        self.digest = man["digest"]
         return directory
 
     @classmethod
@@ -250,6 +303,7 @@ class CNNPair:
         directory: str | os.PathLike,
         *,
         expected_manifest: list[dict[str, Any]] | None = None,
+        **settings: Any,
     ) -> CNNPair:
         """Load a pair saved by :meth:`save`, checking it first.
 
@@ -259,6 +313,8 @@ class CNNPair:
             Folder written by :meth:`save`.
         expected_manifest : list of dict, optional
             If given, the saved ``data_manifest`` must equal it.
+        **settings
+            :attr:`SETTINGS` of the loaded pair (constructor keywords).
 
         Raises
         ------
@@ -289,7 +345,7 @@ class CNNPair:
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise ValueError(
                 f"Unsupported CNN pair format_version={version!r} in {meta_path}; this hybrid "
-                f"({_hybrid_version()}) reads versions 1..{FORMAT_VERSION}. Upgrade hybrid."
+                f"({__version__}) reads versions 1..{FORMAT_VERSION}. Upgrade hybrid."
             )
         saved_keras = str(meta.get("keras_version", "0"))
         if saved_keras.split(".")[0] != keras.__version__.split(".")[0]:
@@ -344,7 +400,11 @@ class CNNPair:
             lung_config=configs["lung"],
             body_config=configs["body"],
             metadata=user_meta,
+            **settings,
         )
+        pair.digest = None  # a folder saved before manifests: no digest to check against
+        if (directory / MANIFEST_FILE).is_file():
+            pair.digest = read_manifest(directory, format=FORMAT, max_version=FORMAT_VERSION)["digest"]
         pair.saved_info = {
             k: meta.get(k)
             for k in ("hybrid_version", "tensorflow_version", "keras_version", "created_utc")
@@ -410,60 +470,56 @@ class CNNPair:
 
     def propose(
         self,
-        volume_or_slice: Volume | np.ndarray,
-        lung_mask: np.ndarray,
+        volume: Volume | np.ndarray,
         *,
-        batch_size: int = 4,
-        transition_sigma: float = 3.0,
-        confidence: str | None = None,
+        lung_mask: Any = None,
+        body_mask: Any = None,
     ) -> Proposal:
         """Propose a normal-dose image for a volume or a single slice.
 
         Parameters
         ----------
-        volume_or_slice : Volume or ndarray (Z, Y, X) or (Y, X)
-            Ultra-low-dose input in HU.
-        lung_mask : ndarray of bool, same shape
-            Lung mask (routes pixels to the lung model).
-        batch_size : int
-            Slices per model call (bounds memory: about ``batch_size * Y * X * width * 8`` bytes).
-        transition_sigma : float
-            Width (pixels) of the smooth lung/body transition, see :func:`blend_weight`.
-        confidence : {None, "flip"}
-            None: no confidence map.  "flip": also run on left-right mirrored slices and
-            return the absolute difference in HU between the two estimates (low means
-            confident, like the dictionary's distance); doubles the run time.
+        volume : Volume or ndarray (Z, Y, X) or (Y, X)
+            Ultra-low-dose input in HU.  Not modified.
+        lung_mask : ndarray of bool, same shape, optional
+            Lung mask (routes pixels to the lung model).  None: segmented from
+            the input (:func:`hybrid.lung.segment`, as :func:`hybrid.enhance` does).
+        body_mask : ndarray of bool, same shape, optional
+            Validated, not used: the pair restores the whole slice
+            (:attr:`outside_body`).
+
+        Settings (:meth:`with_settings`): ``batch_size`` slices per model call
+        (bounds memory: about ``batch_size * Y * X * width * 8`` bytes);
+        ``transition_sigma``, the width in pixels of the smooth lung/body
+        transition (:func:`blend_weight`); ``uncertainty`` None or "flip": also
+        run on left-right mirrored slices and return the absolute difference in
+        HU between the two estimates (kind "flip_disagreement_hu"; doubles the
+        run time).
 
         Returns
         -------
         Proposal
-            ``image`` float32 HU of the input's shape, ``confidence`` as above, ``name="cnn"``.
+            ``image`` float32 HU of the input's shape, ``uncertainty`` as above,
+            ``name="cnn"``.
         """
-        arr = (
-            volume_or_slice.array
-            if isinstance(volume_or_slice, Volume)
-            else as_hu_array(volume_or_slice, name="volume_or_slice")
-        )
-        if arr.ndim not in (2, 3):
-            raise ValueError(
-                f"Expected a slice (Y, X) or a volume (Z, Y, X); received shape {arr.shape}."
-            )
-        mask = np.asarray(lung_mask.array if isinstance(lung_mask, Volume) else lung_mask)
-        if mask.shape != arr.shape:
-            raise ValueError(
-                f"Expected lung_mask of the image's shape {arr.shape}; received {mask.shape}."
-            )
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(
-                f"Invalid value for argument `batch_size`. Expected a strictly positive value. Received batch_size={batch_size}"
-            )
-        if confidence not in (None, "flip"):
-            raise ValueError(
-                f"Invalid value for argument `confidence`. Expected None or 'flip'. Received confidence={confidence!r}"
-            )
-        squeeze = arr.ndim == 2
-        vol = arr[np.newaxis] if squeeze else arr
-        mask = mask[np.newaxis] if squeeze else mask
+        stack, squeeze = as_stack(volume, name="volume")
+        as_mask(body_mask, stack.shape, name="body_mask")  # validated, unused
+        mask = as_mask(lung_mask, stack.shape, name="lung_mask")
+        if mask is None:
+            from hybrid.lung import segment
+
+            spacing = volume.spacing if isinstance(volume, Volume) else None
+            mask = segment(stack, spacing=spacing)
+        out, conf = self._propose_stack(stack, mask)
+        if squeeze:
+            out = out[0]
+            conf = conf[0] if conf is not None else None
+        return Proposal(image=out, uncertainty=conf,
+                        kind="flip_disagreement_hu" if conf is not None else None, name="cnn")
+
+    def _propose_stack(self, vol: np.ndarray, mask: np.ndarray):
+        batch_size, transition_sigma = self.batch_size, self.transition_sigma
+        confidence = self.uncertainty
         out = np.empty(vol.shape, np.float32)
         conf = np.empty(vol.shape, np.float32) if confidence else None
         reach = (
@@ -492,11 +548,7 @@ class CNNPair:
             out[s] = res
             if confidence:
                 conf[s] = np.abs(res - res_f)
-        if squeeze:
-            out = out[0]
-            conf = conf[0] if conf is not None else None
-        return Proposal(image=out, uncertainty=conf,
-                        kind="flip_disagreement_hu" if conf is not None else None, name="cnn")
+        return out, conf
 
     def _run(self, region: str, x: np.ndarray, *, flip: bool) -> np.ndarray:
         if not flip:
