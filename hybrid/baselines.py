@@ -68,7 +68,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hybrid.proposal import Proposal, register
+from hybrid.proposal import Proposal
 from hybrid.volume import as_mask, as_stack, check_pairs
 
 __all__ = [
@@ -165,11 +165,6 @@ def _check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
 # ---------------------------------------------------------------- baselines
 
 
-def register_baseline(cls):
-    """Class decorator: a baseline is a proposer registered under its ``name``."""
-    return register(cls.name)(cls)
-
-
 class Baseline:
     """Base class: slice-by-slice denoising of HU images.
 
@@ -235,7 +230,6 @@ class Baseline:
         return Proposal(image=out[0] if squeeze else out, name=self.name)
 
 
-@register_baseline
 class InputBaseline(Baseline):
     """The ULD input itself: the floor every method must beat.
 
@@ -249,7 +243,6 @@ class InputBaseline(Baseline):
         return slice_hu
 
 
-@register_baseline
 class GaussianBaseline(Baseline):
     """In-plane Gaussian smoothing.
 
@@ -279,7 +272,6 @@ class GaussianBaseline(Baseline):
         )
 
 
-@register_baseline
 class NonLocalMeansBaseline(Baseline):
     """Non-local means (scikit-image, ``fast_mode=True``).
 
@@ -344,7 +336,6 @@ class NonLocalMeansBaseline(Baseline):
         return (den * HU_SCALE).astype(np.float32)
 
 
-@register_baseline
 class TotalVariationBaseline(Baseline):
     """Total-variation denoising (Chambolle's algorithm, scikit-image).
 
@@ -382,7 +373,6 @@ class TotalVariationBaseline(Baseline):
         return (den * HU_SCALE).astype(np.float32)
 
 
-@register_baseline
 class BM3DBaseline(Baseline):
     """BM3D (the ``bm3d`` package, 4.x; free for non-commercial use only).
 

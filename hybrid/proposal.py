@@ -12,18 +12,18 @@ to the proposer's constructor, never to ``propose``.  The input is never
 modified; a 2-D slice gives the same image as a one-slice volume.
 
 The :class:`Proposal` says what its per-pixel map holds (``kind``), so that
-the blender and the evaluation never guess.
+the blender and the evaluation never guess.  Every proposer is registered by
+name in :mod:`hybrid.proposers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Proposal", "Proposer", "UNCERTAINTY_KINDS", "register", "registered", "make"]
+__all__ = ["Proposal", "Proposer", "UNCERTAINTY_KINDS"]
 
 #: What a proposal's ``uncertainty`` map can hold.  Every kind: low = trustworthy.
 UNCERTAINTY_KINDS = {
@@ -88,41 +88,3 @@ class Proposer(Protocol):
 
     def propose(self, volume: Any, *, lung_mask: Any = None, body_mask: Any = None) -> Proposal:
         ...
-
-
-_REGISTRY: dict[str, Callable[..., Proposer]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., Proposer]], Callable[..., Proposer]]:
-    """Class or factory decorator: make ``name`` a registered proposer (``make(name)``)."""
-
-    def deco(factory: Callable[..., Proposer]) -> Callable[..., Proposer]:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"Expected a new proposer name; {name!r} is registered already.")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_all() -> None:
-    # the modules that register proposers; imported on demand (TensorFlow, FAISS stay lazy
-    # inside their factories)
-    import hybrid.baselines  # noqa: F401
-    import hybrid.proposers  # noqa: F401
-
-
-def registered() -> tuple[str, ...]:
-    """Names of every registered proposer, sorted."""
-    _load_all()
-    return tuple(sorted(_REGISTRY))
-
-
-def make(name: str, **settings: Any) -> Proposer:
-    """A proposer by its registered name, with constructor ``settings``."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"Invalid proposer name. Expected one of {sorted(_REGISTRY)}. Received {name!r}."
-        )
-    return _REGISTRY[name](**settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +85,6 @@ def test_segment_rejects_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         segment(np.full((8, 8), np.nan))
     assert not segment(np.full((2, 64, 64), -1000.0)).any()  # nothing but air
-
-
-def test_segment_speed_per_512_slice():
-    ph = make_patient(1, shape=(4, 512, 512))
-    segment(ph.truth[:1], spacing=ph.spacing)  # warm-up
-    t = time.perf_counter()
-    segment(ph.truth, spacing=ph.spacing)
-    per_slice = (time.perf_counter() - t) / 4
-    # target < 0.1 s per slice (measured ~0.06 s); 0.3 s allows a busy shared CPU
-    assert per_slice < 0.3, per_slice
 
 
 @pytest.mark.realdata

@@ -24,7 +24,7 @@ from hybrid.volume import Provenance  # noqa: E402
 @pytest.fixture(scope="module")
 def small_assets():
     """(CNNPair, PatchDictionary, Blender) small enough to build in a few seconds."""
-    from hybrid.blend import Blender
+    from hybrid.blend import Blender, SoftMode
     from hybrid.cnn.config import CNNConfig
     from hybrid.cnn.infer import CNNPair
     from hybrid.dictionary import DictionaryConfig, PatchDictionary
@@ -41,7 +41,7 @@ def small_assets():
         CNNConfig.for_region("lung", depth=3, width=8),
         CNNConfig.for_region("body", depth=3, width=8),
     )
-    return pair, dic, Blender("soft", 1.0, 0.1)
+    return pair, dic, Blender(SoftMode(1.0, 0.1))
 
 
 @pytest.fixture(scope="module")
