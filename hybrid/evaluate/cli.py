@@ -1,0 +1,89 @@
+"""Command line of :mod:`hybrid.evaluate`: ``python -m hybrid.evaluate heldout|dose-sweep|cv``.
+
+Command line::
+
+    python -m hybrid.evaluate heldout [--data data] [--out experiments/results]
+    python -m hybrid.evaluate dose-sweep [--data data] [--case A0001-B] [--baseline bm3d]
+    python -m hybrid.evaluate cv [--data data] [--out experiments/results/cv] [--fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hybrid.evaluate.budget import CVBudget
+from hybrid.evaluate.cv import cross_validate
+from hybrid.evaluate.dose_sweep import dose_sweep
+from hybrid.evaluate.heldout import compare_on_heldout
+from hybrid.evaluate.scoring import _CLASSICAL
+
+__all__ = ["main"]
+
+#: The parser's description (the first line of the package's docstring).
+DESCRIPTION = "Evaluation against classical baselines: held-out comparison and leave-one-patient-out CV."
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m hybrid.evaluate", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("heldout", help="shipped hybrid vs tuned baselines on the held-out patients")
+    h.add_argument("--data", type=Path, default=Path("data"))
+    h.add_argument("--out", type=Path, default=Path("experiments/results"))
+    h.add_argument("--slices", type=int, default=8, help="central slices scored per held-out case")
+    h.add_argument("--tune-slices", type=int, default=4, help="slices per tuning set")
+    h.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
+    d = sub.add_parser("dose-sweep", help="quality against dose for the hybrid and a tuned baseline")
+    d.add_argument("--data", type=Path, default=Path("data"))
+    d.add_argument("--out", type=Path, default=Path("experiments/results"))
+    d.add_argument("--case", default="A0001-B")
+    d.add_argument("--baseline", default="bm3d")
+    d.add_argument("--slices", type=int, default=4)
+    c = sub.add_parser("cv", help="leave-one-patient-out cross-validation (make cv)")
+    c.add_argument("--data", type=Path, default=Path("data"))
+    c.add_argument("--out", type=Path, default=None,
+                   help="default experiments/results/cv (experiments/results/cv/fast with --fast)")
+    c.add_argument("--fast", action="store_true", help="smoke run: tiny budgets, 2 phantom + 1 real fold")
+    c.add_argument("--sets", nargs="+", default=["phantom", "real"])
+    c.add_argument("--max-folds", type=int, default=None)
+    c.add_argument("--patients", nargs="+", default=None, help="only these test patients")
+    c.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
+    c.add_argument("--epochs", type=int, default=None)
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--eval-slices", type=int, default=None)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--no-resume", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.cmd == "heldout":
+        res = compare_on_heldout(args.data, baselines=args.baselines, tune_slices=args.tune_slices,
+                                 n_eval_slices=args.slices, out=args.out)
+        print((Path(args.out) / "baselines_heldout.md").read_text())
+        print(f"wall {res['wall_seconds']:.0f} s")
+    elif args.cmd == "dose-sweep":
+        res = dose_sweep(args.data, case_id=args.case, baseline=args.baseline, n_slices=args.slices,
+                         out=args.out)
+        for r in res["rows"]:
+            print(f"{r['dose_fraction']:>5.2f} {r['method']:<8} RMSE {r['rmse_hu']:7.1f} HU  "
+                  f"SSIM lung {r['ssim_lung']:.3f}  soft {r['ssim_soft_tissue']:.3f}")
+    elif args.cmd == "cv":
+        from dataclasses import replace
+
+        budget = CVBudget.fast() if args.fast else CVBudget()
+        over = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps),
+                                  ("eval_slices", args.eval_slices)) if v is not None}
+        budget = replace(budget, **over)
+        out = args.out or Path("experiments/results/cv") / ("fast" if args.fast else "")
+        max_folds: Any = args.max_folds
+        if args.fast and args.max_folds is None:
+            max_folds = {"phantom": 2, "real": 1}  # FAST: 2 phantom folds, 1 real fold
+        t = time.perf_counter()
+        rows = cross_validate(args.data, out, sets=args.sets, max_folds=max_folds,
+                              test_patients=args.patients, baselines=args.baselines, budget=budget,
+                              threads=args.threads, resume=not args.no_resume)
+        print((Path(out) / "cv_summary.md").read_text())
+        print(f"{len(rows)} rows in {Path(out) / 'cv_results.csv'}; wall {time.perf_counter() - t:.0f} s")
