@@ -176,6 +176,8 @@ class Baseline:
     name: ClassVar[str] = ""
     #: Default search grid for :func:`tune`: ``{parameter: [values]}``.
     default_grid: ClassVar[dict[str, list[Any]]] = {}
+    #: Outside the body mask the input is returned unchanged.
+    outside_body: ClassVar[str] = "input"
 
     @property
     def params(self) -> dict[str, Any]:

@@ -215,9 +215,10 @@ def run(
     print()
     print(_table(results))
     out_dir = Path(out_dir)
-    b = enhancer.blender
-    label = (f"blender: {b.mode}, threshold {b.threshold:.3g}" if b.mode in ("hard", "soft")
-             else f"blender: {b.mode} weight over \u03b4 (and |dict \u2212 CNN|)")
+    mode = enhancer.blender.modes["dictionary"]
+    label = (f"blender: {mode.name}, threshold {mode.threshold:.3g}"
+             if mode.name in ("hard", "soft")
+             else f"blender: {mode.name} weight over \u03b4 (and |dict \u2212 CNN|)")
     png = _figure(cases, out_dir / "demo.png", label)
     total = time.perf_counter() - t0
     report = {
@@ -226,8 +227,7 @@ def run(
         "python": platform.python_version(),
         "fast": fast,
         "models": enhancer.sources,
-        "blender": {"mode": enhancer.blender.mode, "threshold": enhancer.blender.threshold,
-                    "softness": enhancer.blender.softness},
+        "blender": enhancer.blender.info(),
         "stride": enhancer.stride,
         "metrics_definition": {
             "rmse_hu_body": "RMSE in HU inside the body mask, against the normal-dose image",

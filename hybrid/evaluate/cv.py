@@ -188,7 +188,7 @@ def train_fold_models(
     t = time.perf_counter()
     samples, _ = calibration_samples(calib_cases, cnn, dictionary, stride=budget.stride)
     blender = calibrate(samples)
-    info["blender"] = {"mode": blender.mode, "calibration": blender.calibration}
+    info["blender"] = {"modes": blender.info(), "calibration": blender.calibration}
     info["blender_seconds"] = time.perf_counter() - t
     return cnn, dictionary, blender, info
 
