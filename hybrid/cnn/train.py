@@ -403,36 +403,21 @@ def train_model(
     TrainResult
         ``val_rmse_hu`` is the validation RMSE in HU of the best weights.
     """
-    if not isinstance(config, CNNConfig):
-        raise ValueError(
-            "Invalid value for argument `config`. Expected a hybrid.cnn.CNNConfig. "
-            f"Received type {type(config).__name__}"
-        )
-    for name, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("steps_per_epoch", steps_per_epoch),
-        ("val_patches", val_patches),
-        ("patience", patience),
-    ):
-        _positive(name, value)
+    _check_train_arguments(
+        config,
+        epochs=epochs,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        val_patches=val_patches,
+        patience=patience,
+    )
     if threads is not None:
         set_threads(threads)
-    pairs = as_training_pairs(pairs)
-    if val_pairs is None:
-        train_pairs, val_pairs = split_pairs(pairs, val_fraction=val_fraction, seed=val_seed)
-    else:
-        train_pairs, val_pairs = pairs, as_training_pairs(val_pairs)
-
+    train_pairs, val_pairs = _train_and_val_pairs(
+        pairs, val_pairs, val_fraction=val_fraction, val_seed=val_seed
+    )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "log": out / "log.csv",
-        "weights": out / "best.weights.h5",
-        "figure": out / "progress.png",
-        "config": out / "config.json",
-    }
-    config.to_json(files["config"])
+    files = _output_files(out, config)
 
     train_ds, val_ds = make_datasets(
         config,
@@ -448,7 +433,88 @@ def train_model(
     strategy = strategy or get_strategy()
     with strategy.scope():
         model = compile_model(build_model(config, seed=seed, dtype=dtype), config)
+    cbs = _training_callbacks(
+        config,
+        files,
+        out,
+        patience=patience,
+        reduce_lr_patience=reduce_lr_patience,
+        tensorboard=tensorboard,
+        extra=callbacks,
+    )
 
+    t0 = time.perf_counter()
+    hist = model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_ds,
+        callbacks=cbs,
+        shuffle=False,  # patches are already drawn at random
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - t0
+    return _train_result(
+        model,
+        config,
+        hist,
+        files,
+        val_ds,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        val_slices=val_slices,
+        seconds=seconds,
+    )
+
+
+def _check_train_arguments(config: Any, **counts: Any) -> None:
+    """Raise for a non-CNNConfig ``config`` or a count (epochs, ...) that is not >= 1."""
+    if not isinstance(config, CNNConfig):
+        raise ValueError(
+            "Invalid value for argument `config`. Expected a hybrid.cnn.CNNConfig. "
+            f"Received type {type(config).__name__}"
+        )
+    for name, value in counts.items():
+        _positive(name, value)
+
+
+def _train_and_val_pairs(
+    pairs: Sequence[Any], val_pairs: Sequence[Any] | None, *, val_fraction: float, val_seed: int
+) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """``pairs`` and ``val_pairs`` as TrainingPairs, or ``pairs`` split by whole patients."""
+    pairs = as_training_pairs(pairs)
+    if val_pairs is None:
+        return split_pairs(pairs, val_fraction=val_fraction, seed=val_seed)
+    return pairs, as_training_pairs(val_pairs)
+
+
+def _output_files(out: Path, config: CNNConfig) -> dict[str, Path]:
+    """Create ``out``, write ``config.json`` there; the paths of the training's files."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "log": out / "log.csv",
+        "weights": out / "best.weights.h5",
+        "figure": out / "progress.png",
+        "config": out / "config.json",
+    }
+    config.to_json(files["config"])
+    return files
+
+
+def _training_callbacks(
+    config: CNNConfig,
+    files: dict[str, Path],
+    out: Path,
+    *,
+    patience: int,
+    reduce_lr_patience: int | None,
+    tensorboard: bool,
+    extra: Sequence[keras.callbacks.Callback],
+) -> list[keras.callbacks.Callback]:
+    """CSV log, best checkpoint, early stopping, progress figure, LR schedule, TensorBoard.
+
+    Adds ``files["tensorboard"]`` when ``tensorboard``; ``extra`` callbacks come last.
+    """
     cbs: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(files["log"])),
         keras.callbacks.ModelCheckpoint(
@@ -468,19 +534,23 @@ def train_model(
     if tensorboard:
         files["tensorboard"] = out / "tensorboard"
         cbs.append(_tensorboard_callback(files["tensorboard"]))
-    cbs.extend(callbacks)
+    cbs.extend(extra)
+    return cbs
 
-    t0 = time.perf_counter()
-    hist = model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_ds,
-        callbacks=cbs,
-        shuffle=False,  # patches are already drawn at random
-        verbose=verbose,
-    )
-    seconds = time.perf_counter() - t0
+
+def _train_result(
+    model: keras.Model,
+    config: CNNConfig,
+    hist: Any,
+    files: dict[str, Path],
+    val_ds: tf.data.Dataset,
+    *,
+    train_pairs: Sequence[TrainingPair],
+    val_pairs: Sequence[TrainingPair],
+    val_slices: int,
+    seconds: float,
+) -> TrainResult:
+    """Load the best weights, evaluate them and gather the :class:`TrainResult`."""
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
     if files["weights"].exists():
         model.load_weights(str(files["weights"]))
