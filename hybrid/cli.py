@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybrid import __version__
+from hybrid._version import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -34,11 +34,11 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 def _cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    import hybrid
+    from hybrid.io import load
     from hybrid.lung import body_mask
     from hybrid.physics import estimate_noise_hu
 
-    vol = hybrid.load(args.input, series_uid=args.series)
+    vol = load(args.input, series_uid=args.series)
     arr = vol.array
     body = body_mask(vol)
     info = {
@@ -69,37 +69,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _maps_path(output: Path) -> Path:
     """``<output without suffixes>_maps.h5`` beside the output."""
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".hdf5", ".h5", ".npy", ".npz", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(f"{name}_maps.h5")
+    from hybrid.io.formats import strip_suffix
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def save_options(enhanced, fmt: str) -> dict:
-    """Writer options for an enhanced volume (DICOM: the derivation description)."""
-    if fmt != "dicom":
-        return {}
-    return {"derivation": (
-        f"Enhanced by {enhanced.provenance.derived_from[-1]} (ultra-low-dose CT restoration; "
-        "research software, no diagnostic claim)"
-    )[:1024]}
+    return output.with_name(f"{strip_suffix(output.name)}_maps.h5")
 
 
 def _cmd_enhance(args: argparse.Namespace) -> int:
     import time
 
-    import hybrid
-    from hybrid.io import format_of
+    from hybrid.io import format_of, load, save, save_options
+    from hybrid.io.discover import inside
+    from hybrid.pipeline import Enhancer
 
     src, out = Path(args.input), Path(args.output)
     if not src.exists():
@@ -111,7 +91,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     # (.nii/.nii.gz, .h5/.hdf5, .npy, .npz); hybrid.io.format_of says "dicom" otherwise
     fmt = args.format or format_of(out)
     # refuse before the (long) run what hybrid.save would refuse after it
-    if out.resolve() == src.resolve() or (src.is_dir() and _inside(out, src)):
+    if out.resolve() == src.resolve() or (src.is_dir() and inside(out, src)):
         raise ValueError(
             f"Expected an OUTPUT outside the input; received {out}, which is "
             f"{'the input itself' if out.resolve() == src.resolve() else 'inside the input folder'}. "
@@ -124,24 +104,20 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                 f"Expected a new output path; {p} already exists. Choose another output, "
                 "remove it, or pass --overwrite."
             )
-    vol = hybrid.load(src, series_uid=args.series)
-    enhancer = hybrid.Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender)
+    vol = load(src, series_uid=args.series)
+    enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender)
     t0 = time.perf_counter()
     res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=args.maps,
                            progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     enhanced, maps = res if args.maps else (res, None)
-    options = save_options(enhanced, fmt)
-    written = hybrid.save(enhanced, out, format=fmt, overwrite=args.overwrite, **options)
+    saved = save(enhanced, out, format=fmt, overwrite=args.overwrite,
+                 **save_options(enhanced, fmt))
     print(f"enhanced {vol.shape[0]} slice(s) of {vol.shape[1]}x{vol.shape[2]} in {seconds:.1f} s")
     if fmt == "dicom":
-        import pydicom
-
-        first = next(iter(sorted(Path(written).rglob("*.dcm"))), None)
-        uid = pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID if first else "?"
-        print(f"wrote derived DICOM series {uid} to {written}")
+        print(f"wrote derived DICOM series {saved.series_uid} to {saved.path}")
     else:
-        print(f"wrote {fmt} {written}")
+        print(f"wrote {fmt} {saved.path}")
     if maps is not None:
         maps.save(maps_path, spacing=vol.spacing, overwrite=args.overwrite)
         print(f"wrote maps (masks, proposals, distance, source map) {maps_path}")

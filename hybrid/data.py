@@ -133,23 +133,22 @@ def save_case(case: PairedCase, path: str | os.PathLike, *, overwrite: bool = Fa
 
 def load_case(path: str | os.PathLike, *, slices: slice | None = None) -> PairedCase:
     """Read a case written by :func:`save_case` (optionally only some slices)."""
-    import h5py
-
-    from hybrid.io.hdf5 import read_hdf5
+    from hybrid.io.hdf5 import read_arrays, read_hdf5
 
     path = Path(path)
     uld = read_hdf5(path)
-    with h5py.File(path, "r") as f:
-        missing = [k for k in ("nd", "uld_aug", "lung_mask", "body_mask") if k not in f]
-        if missing or "meta" not in f.attrs:
-            raise ValueError(
-                f"Expected a paired case (arrays nd, uld_aug, lung_mask, body_mask and a 'meta' "
-                f"attribute) in {path}; missing {missing or ['meta']}. Rebuild it with `make data`."
-            )
-        sl = slices or slice(None)
-        nd, aug = f["nd"][sl], f["uld_aug"][sl]
-        lung, body = f["lung_mask"][sl].astype(bool), f["body_mask"][sl].astype(bool)
-        meta = json.loads(f.attrs["meta"])
+    names = ("nd", "uld_aug", "lung_mask", "body_mask")
+    sl = slices or slice(None)
+    arrays, attrs = read_arrays(path, names, slices=sl)
+    missing = [k for k in names if k not in arrays]
+    if missing or "meta" not in attrs:
+        raise ValueError(
+            f"Expected a paired case (arrays nd, uld_aug, lung_mask, body_mask and a 'meta' "
+            f"attribute) in {path}; missing {missing or ['meta']}. Rebuild it with `make data`."
+        )
+    nd, aug = arrays["nd"], arrays["uld_aug"]
+    lung, body = arrays["lung_mask"].astype(bool), arrays["body_mask"].astype(bool)
+    meta = json.loads(attrs["meta"])
     if slices is not None:
         uld = uld.slab(sl.start or 0, sl.stop if sl.stop is not None else len(uld))
     return PairedCase(

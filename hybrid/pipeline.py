@@ -129,32 +129,18 @@ class EnhanceMaps:
         attributes ``format="hybrid-enhance-maps"``, ``version=1``,
         ``axes``, ``spacing`` (mm) and ``info`` (JSON).
         """
-        import json
+        from hybrid.io.hdf5 import write_arrays
 
-        import h5py
-
-        from hybrid.io._atomic import atomic_file
-
-        path = Path(path)
-        with atomic_file(path, overwrite=overwrite) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = "hybrid-enhance-maps"
-                f.attrs["version"] = 1
-                f.attrs["axes"] = "zyx" if self.cnn.ndim == 3 else "yx"
-                if spacing is not None:
-                    f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
-                f.attrs["info"] = json.dumps(self.info, default=str)
-                for name in self.ARRAYS:
-                    arr = getattr(self, name)
-                    if arr.dtype == bool:
-                        arr = arr.astype(np.uint8)
-                    ds = f.create_dataset(name, data=arr, compression="gzip", compression_opts=4,
-                                          shuffle=True)
-                    ds.attrs["units"] = {
-                        "cnn": "HU", "dictionary": "HU", "distance": "normalised NN distance",
-                        "dictionary_weight": "1 = dictionary, 0 = CNN",
-                    }.get(name, "mask")
-        return path
+        attrs: dict[str, Any] = {"format": "hybrid-enhance-maps", "version": 1,
+                                 "axes": "zyx" if self.cnn.ndim == 3 else "yx"}
+        if spacing is not None:
+            attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+        attrs["info"] = self.info  # stored as JSON
+        units = {"cnn": "HU", "dictionary": "HU", "distance": "normalised NN distance",
+                 "dictionary_weight": "1 = dictionary, 0 = CNN"}
+        return write_arrays(path, {name: getattr(self, name) for name in self.ARRAYS},
+                            attrs=attrs, units={n: units.get(n, "mask") for n in self.ARRAYS},
+                            overwrite=overwrite)
 
 
 def _check_dose(dose_fraction: Any) -> float | None:

@@ -101,7 +101,7 @@ def test_dicom_round_trip_real(tmp_path):
     assert np.max(np.abs(w.array - v.array)) <= step / 2 + 1e-3
     assert w.provenance.series_uid != v.provenance.series_uid
     src_uids = [h["SOPInstanceUID"] for h in v.provenance.slice_headers]
-    for f, uid in zip(sorted(out.glob("*.dcm")), src_uids):
+    for f, uid in zip(sorted(out.path.glob("*.dcm")), src_uids):
         ds = pydicom.dcmread(f)
         assert ds.SOPInstanceUID not in src_uids
         assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
@@ -158,7 +158,7 @@ def test_npy_with_spacing(tmp_path, small_volume):
 
 
 def test_save_never_overwrites_silently(tmp_path, small_volume):
-    out = hybrid.save(small_volume, tmp_path / "v.h5")
+    out = hybrid.save(small_volume, tmp_path / "v.h5").path
     before = out.read_bytes()
     with pytest.raises(FileExistsError, match="already exists"):
         hybrid.save(small_volume, out)
@@ -226,8 +226,8 @@ def test_non_dicom_files_skipped_with_warning(dicom_series, small_volume):
 
 
 def test_several_series_listed_and_selectable(tmp_path, small_volume):
-    a = hybrid.save(small_volume, tmp_path / "a", description="first")
-    b = hybrid.save(small_volume, tmp_path / "b", description="second")
+    a = hybrid.save(small_volume, tmp_path / "a", description="first").path
+    b = hybrid.save(small_volume, tmp_path / "b", description="second").path
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for src in (a, b):
@@ -326,5 +326,81 @@ def test_outputs_have_ordinary_permissions(tmp_path, small_volume):
         d = hybrid.save(small_volume, tmp_path / "series")
     finally:
         os.umask(umask)
-    assert stat.S_IMODE(f.stat().st_mode) == 0o644
-    assert stat.S_IMODE(d.stat().st_mode) == 0o755
+    assert stat.S_IMODE(f.path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(d.path.stat().st_mode) == 0o755
+
+
+# ---------------------------------------------------------------- what save returns
+
+
+def test_save_returns_the_series_uid_it_wrote(tmp_path, small_volume):
+    import os
+    from pathlib import Path
+
+    from hybrid.io import Saved
+
+    saved = hybrid.save(small_volume, tmp_path / "series")
+    assert isinstance(saved, Saved) and saved.format == "dicom"
+    files = sorted((tmp_path / "series").glob("*.dcm"))
+    assert saved.files == tuple(files) and len(files) == small_volume.shape[0]
+    assert {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
+            for f in files} == {saved.series_uid}
+    assert hybrid.load(saved).provenance.series_uid == saved.series_uid
+    # usable where the old return (the path) was
+    assert os.fspath(saved) == str(tmp_path / "series") == str(saved)
+    assert Path(saved) == saved.path == tmp_path / "series"
+    # read back later (hybrid serve after a restart): the same
+    from hybrid.io.dicom import saved_series
+
+    assert saved_series(saved.path) == saved
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".nii.gz", "nifti"), (".h5", "hdf5"), (".npy", "npy"),
+                                         (".npz", "npz")])
+def test_save_returns_the_file_it_wrote(tmp_path, small_volume, suffix, fmt):
+    saved = hybrid.save(small_volume, tmp_path / f"v{suffix}")
+    assert (saved.path, saved.format, saved.series_uid) == (tmp_path / f"v{suffix}", fmt, None)
+    assert saved.files == (saved.path,) and saved.path.is_file()
+
+
+def test_derivation_text_written_from_one_place(tmp_path, small_volume):
+    from hybrid.io import save_options
+    from hybrid.io.derivation import derivation_text, series_description, software_versions
+
+    enhanced = small_volume.with_array(small_volume.array, step="hybrid.enhance")
+    assert save_options(enhanced, "nifti") == {}
+    opts = save_options(enhanced, "dicom")
+    assert opts == {"derivation": derivation_text("hybrid.enhance")}
+    assert "research software, no diagnostic claim" in opts["derivation"]
+    saved = hybrid.save(enhanced, tmp_path / "d", **opts)
+    ds = pydicom.dcmread(saved.files[0], stop_before_pixels=True)
+    assert ds.DerivationDescription == opts["derivation"]
+    assert ds.SoftwareVersions == software_versions() == f"hybrid {hybrid.__version__}"
+    assert ds.SeriesDescription == series_description(
+        enhanced.provenance.description or "hybrid")
+
+
+def test_send_transfer_syntaxes_are_pydicoms():
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from hybrid.io.dicom import SEND_TRANSFER_SYNTAXES
+
+    assert SEND_TRANSFER_SYNTAXES == (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def test_discovery(tmp_path, dicom_series, small_volume):
+    from hybrid.io.discover import find_series, inside, is_dicom_file, is_series_folder
+
+    (dicom_series / "notes.txt").write_text("x")
+    first = sorted(dicom_series.glob("*.dcm"))[0]
+    plain = first.with_name("noext")
+    plain.write_bytes(first.read_bytes())
+    assert is_dicom_file(first) and is_dicom_file(plain)
+    assert not is_dicom_file(dicom_series / "notes.txt")
+    assert is_series_folder(dicom_series) and not is_series_folder(tmp_path)
+    hybrid.save(small_volume, tmp_path / "nested" / "v.nii.gz")
+    names = sorted(str(n) for _, n in find_series([tmp_path]))
+    assert names == ["nested/v.nii.gz", "series"]
+    assert inside(dicom_series / "x", dicom_series) and not inside(tmp_path, dicom_series)
+    with pytest.raises(FileNotFoundError, match="nothing exists at"):
+        find_series([tmp_path / "missing"])

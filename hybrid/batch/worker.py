@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -43,21 +42,20 @@ def limit_threads(threads: int) -> None:
     (afterwards the existing setting stays and a note is logged).
     """
     os.environ.update(thread_env(threads))
-    import faiss
-
     from hybrid.cnn.models import set_threads
+    from hybrid.dictionary import set_search_threads
 
-    faiss.omp_set_num_threads(int(threads))
+    set_search_threads(int(threads))
     if not set_threads(int(threads)):
         log.info("TensorFlow had already started; its thread pools keep their size")
 
 
 def load_enhancer(assets: dict[str, str | None], options: dict[str, Any], threads: int):
     """An :class:`hybrid.Enhancer` with ``threads`` compute threads."""
-    import hybrid
+    from hybrid.pipeline import Enhancer
 
     limit_threads(threads)
-    enhancer = hybrid.Enhancer(cnn=assets.get("cnn"), dictionary=assets.get("dictionary"),
+    enhancer = Enhancer(cnn=assets.get("cnn"), dictionary=assets.get("dictionary"),
                                blender=assets.get("blender"), **options)
     enhancer.dictionary.n_threads = int(threads)
     return enhancer
@@ -142,9 +140,8 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
     worker that dies mid-series leaves no output (the write is atomic) and Dask runs
     the task again elsewhere; an output left by a run killed after writing is replaced.
     """
-    import hybrid
-    from hybrid.batch import output_digest
-    from hybrid.cli import save_options
+    from hybrid.batch.manifest import output_digest
+    from hybrid.io import load, save, save_options
     from hybrid.lung import body_mask
 
     rec: dict[str, Any] = dict(job)
@@ -157,7 +154,7 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
     try:
         enhancer = _enhancer(key, assets, options, threads)
         t1 = time.perf_counter()
-        vol = hybrid.load(job["source"])
+        vol = load(job["source"])
         t2 = time.perf_counter()
         body = body_mask(vol)
         rec["series_uid"] = vol.provenance.series_uid
@@ -169,16 +166,11 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
         t3, c3 = time.perf_counter(), time.process_time()
         rec["noise_after_hu"] = _noise(out.array, body)
         fmt = job["format"]
-        written = hybrid.save(out, job["output"], format=fmt, overwrite=True,
-                              **save_options(out, fmt))
+        saved = save(out, job["output"], format=fmt, overwrite=True, **save_options(out, fmt))
         t4 = time.perf_counter()
         if fmt == "dicom":
-            import pydicom
-
-            first = next(iter(sorted(Path(written).rglob("*.dcm"))), None)
-            rec["output_series_uid"] = (str(pydicom.dcmread(first, stop_before_pixels=True)
-                                            .SeriesInstanceUID) if first else None)
-        rec["output_sha256"] = output_digest(written)
+            rec["output_series_uid"] = saved.series_uid
+        rec["output_sha256"] = output_digest(saved.path)
         rec["timings_s"] = {"models": round(t1 - t0, 3), "load": round(t2 - t1, 3),
                             "enhance": round(t3 - t2, 3), "save": round(t4 - t3, 3),
                             # CPU seconds of this worker process while enhancing (all threads)

@@ -23,25 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.io._atomic import atomic_file
+from hybrid.io.derivation import save_options
+from hybrid.io.formats import FORMATS, format_of
+from hybrid.io.saved import Saved
 from hybrid.volume import Provenance, Volume
 
-__all__ = ["load", "save", "FORMATS", "format_of"]
-
-FORMATS = ("dicom", "nifti", "hdf5", "npy", "npz")
-
-
-def format_of(path: str | os.PathLike) -> str:
-    """The format a path names, from its suffix ("dicom" for folders and other files)."""
-    name = Path(path).name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if name.endswith((".h5", ".hdf5")):
-        return "hdf5"
-    if name.endswith(".npy"):
-        return "npy"
-    if name.endswith(".npz"):
-        return "npz"
-    return "dicom"
+__all__ = ["load", "save", "Saved", "FORMATS", "format_of", "save_options"]
 
 
 def load(
@@ -105,7 +92,7 @@ def save(
     format: str | None = None,
     overwrite: bool = False,
     **options,
-) -> Path:
+) -> Saved:
     """Write a Volume atomically; never over its own source, never silently over a file.
 
     Parameters
@@ -120,7 +107,14 @@ def save(
         never overwritten.
     **options
         Passed to the writer (DICOM: ``description``, ``derivation``,
-        ``series_number``).
+        ``series_number``; :func:`hybrid.io.save_options` makes those of an
+        enhanced volume).
+
+    Returns
+    -------
+    Saved
+        The path, format, files and (DICOM) the new SeriesInstanceUID; usable as
+        the path (``os.fspath``, ``Path(saved)``, ``hybrid.load(saved)``).
     """
     if not isinstance(volume, Volume):
         raise TypeError(
@@ -144,11 +138,17 @@ def save(
     if fmt == "nifti":
         from hybrid.io.nifti import write_nifti
 
-        return write_nifti(volume, path, overwrite=overwrite)
-    if fmt == "hdf5":
+        written = write_nifti(volume, path, overwrite=overwrite)
+    elif fmt == "hdf5":
         from hybrid.io.hdf5 import write_hdf5
 
-        return write_hdf5(volume, path, overwrite=overwrite, **options)
+        written = write_hdf5(volume, path, overwrite=overwrite, **options)
+    else:
+        written = _write_numpy(volume, path, fmt=fmt, overwrite=overwrite)
+    return Saved(path=Path(written), format=fmt, files=(Path(written),))
+
+
+def _write_numpy(volume: Volume, path: Path, *, fmt: str, overwrite: bool) -> Path:
     with atomic_file(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:
             if fmt == "npy":

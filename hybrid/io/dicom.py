@@ -18,12 +18,19 @@ import logging
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hybrid.io._atomic import atomic_dir
+from hybrid.io.derivation import (
+    DEFAULT_DERIVATION,
+    series_description,
+    software_versions,
+)
+from hybrid.io.saved import Saved
 from hybrid.volume import Provenance, Volume
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,10 @@ PADDING_HU_BELOW = -1500.0
 UNEVEN_GAP_TOLERANCE = 0.05
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+#: Transfer syntaxes offered when sending a derived series (C-STORE), in order of preference.
+SEND_TRANSFER_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 # Attributes copied from each source slice into Provenance.slice_headers and
 # from there into a derived series.  Patient identifiers are carried (a derived
@@ -300,14 +311,15 @@ def write_series(
     folder: str | os.PathLike,
     *,
     description: str | None = None,
-    derivation: str = "Enhanced by hybrid (ultra-low-dose CT restoration)",
+    derivation: str = DEFAULT_DERIVATION,
     series_number: int | None = None,
     overwrite: bool = False,
-) -> Path:
+) -> Saved:
     """Write ``volume`` as a derived CT series into a new folder.
 
     The folder is written atomically (temporary folder, then rename); an
-    existing folder is refused unless ``overwrite=True``.  Returns the folder.
+    existing folder is refused unless ``overwrite=True``.  Returns what was
+    written: the folder, its instance files and the new SeriesInstanceUID.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -316,15 +328,14 @@ def write_series(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from pydicom.valuerep import DSfloat
 
-    from hybrid import __version__
-
     folder = Path(folder)
     from_dicom = bool(volume.provenance.slice_headers)
     headers = list(volume.provenance.slice_headers) if from_dicom else _new_study_header(volume)
     series_uid = generate_uid()
     first = headers[0]
     src_desc = first.get("SeriesDescription") or volume.provenance.description or "CT"
-    desc = description or f"{src_desc} [hybrid]"
+    desc = series_description(src_desc, description)
+    names: list[str] = []
     if series_number is None:
         series_number = int(first.get("SeriesNumber", 0) or 0) + 1000
     now = datetime.datetime.now()
@@ -341,14 +352,14 @@ def write_series(
             ds.SOPInstanceUID = sop_uid
             ds.SeriesInstanceUID = series_uid
             ds.SeriesNumber = series_number
-            ds.SeriesDescription = desc[:64]
+            ds.SeriesDescription = desc
             ds.SeriesDate = now.strftime("%Y%m%d")
             ds.SeriesTime = now.strftime("%H%M%S")
             ds.InstanceNumber = i + 1
             ds.Modality = "CT"
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
             ds.DerivationDescription = derivation[:1024]
-            ds.SoftwareVersions = f"hybrid {__version__}"
+            ds.SoftwareVersions = software_versions()
             ds.BurnedInAnnotation = "NO"
             ds.setdefault("StudyInstanceUID", generate_uid())
             ds.setdefault("FrameOfReferenceUID", generate_uid())
@@ -396,9 +407,39 @@ def write_series(
             meta.MediaStorageSOPInstanceUID = sop_uid
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
-            pydicom.dcmwrite(tmp / f"{i + 1:05d}.dcm", ds, enforce_file_format=True)
+            names.append(f"{i + 1:05d}.dcm")
+            pydicom.dcmwrite(tmp / names[-1], ds, enforce_file_format=True)
     log.info("wrote derived series %s (%d slices) to %s", series_uid, len(headers), folder)
-    return folder
+    return Saved(path=folder, format="dicom", series_uid=str(series_uid),
+                 files=tuple(folder / n for n in names))
+
+
+def saved_series(folder: str | os.PathLike) -> Saved:
+    """What :func:`write_series` wrote into ``folder`` earlier (its ``.dcm`` files, their series).
+
+    Raises
+    ------
+    ValueError
+        The folder holds no ``.dcm`` file.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    files = tuple(sorted(folder.glob("*.dcm")))
+    if not files:
+        raise ValueError(
+            f"Expected a derived series (.dcm files) in {folder}; received none. "
+            "Write it again with hybrid.save(volume, folder).")
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    return Saved(path=folder, format="dicom", series_uid=uid, files=files)
+
+
+def read_datasets(files: Iterable[str | os.PathLike]) -> Iterator[Any]:
+    """The pydicom Datasets of ``files``, read one at a time (e.g. to send them by C-STORE)."""
+    import pydicom
+
+    for f in files:
+        yield pydicom.dcmread(f)
 
 
 def series_summary(path: str | os.PathLike) -> dict[str, Any]:

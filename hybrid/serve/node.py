@@ -313,33 +313,29 @@ class Node:
 
     # ------------------------------------------------------------ enhance
     def _enhance(self, uid: str) -> None:
-        import pydicom
-
-        import hybrid
+        from hybrid.io import load, save, save_options
+        from hybrid.io.dicom import saved_series
 
         out = self.spool.outbound_dir(uid)
         try:
-            if not out.exists():  # else: enhanced before a restart, not delivered yet
-                vol = hybrid.load(self.spool.inbound_dir(uid), series_uid=uid)
+            if out.exists():  # enhanced before a restart, not delivered yet
+                saved = saved_series(out)
+            else:
+                vol = load(self.spool.inbound_dir(uid), series_uid=uid)
                 t0 = time.perf_counter()
                 enhanced = self.enhancer.enhance(vol, progress=False)
                 seconds = time.perf_counter() - t0
-                derivation = (f"Enhanced by {enhanced.provenance.derived_from[-1]} "
-                              "(ultra-low-dose CT restoration; research software, "
-                              "no diagnostic claim)")[:1024]
-                hybrid.save(enhanced, out, format="dicom", derivation=derivation)
+                saved = save(enhanced, out, format="dicom", **save_options(enhanced, "dicom"))
                 log.info("enhanced series %s: %d slice(s) of %dx%d in %.1f s", uid,
                          vol.shape[0], vol.shape[1], vol.shape[2], seconds)
-            files = sorted(out.glob("*.dcm"))
-            derived = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
         except Exception as exc:  # bad input: keep it, say why, never loop on it
             self._set(uid, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
             log.error("series %s not enhanced (%s: %s); its instances stay in %s", uid,
                       type(exc).__name__, exc, self.spool.inbound_dir(uid))
             return
-        self.spool.mark_produced(derived)
-        self._set(uid, status="outbound", derived_series_uid=derived, attempts=0, next_try=0.0,
-                  derived_instances=len(files))
+        self.spool.mark_produced(saved.series_uid)
+        self._set(uid, status="outbound", derived_series_uid=saved.series_uid, attempts=0,
+                  next_try=0.0, derived_instances=len(saved.files))
 
     # ------------------------------------------------------------ deliver
     def _deliver(self, uid: str, st: dict) -> None:
@@ -375,16 +371,16 @@ class Node:
             self._cstore(files)
 
     def _cstore(self, files: list[Path]) -> None:
-        import pydicom
-        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import CTImageStorage
+
+        from hybrid.io.dicom import SEND_TRANSFER_SYNTAXES, read_datasets
 
         dest = self.config.destination
         ae = AE(ae_title=self.config.listener.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
         ae.connection_timeout = min(dest.timeout_seconds, 10.0)
-        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(CTImageStorage, list(SEND_TRANSFER_SYNTAXES))
         where = f"AE {dest.ae_title} at {dest.host}:{dest.port}"
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
@@ -392,8 +388,7 @@ class Node:
                      else "not reachable")
             raise SendError(f"association with {where} not established ({state})")
         try:
-            for f in files:
-                ds = pydicom.dcmread(f)
+            for ds in read_datasets(files):
                 rsp = assoc.send_c_store(ds)
                 if "Status" not in rsp:  # aborted, or no answer within the timeout
                     raise SendError(f"no C-STORE response from {where} for instance "
