@@ -264,7 +264,8 @@ def build_dataset(
     """
     from tqdm.auto import tqdm
 
-    import hybrid
+    from hybrid._version import __version__
+    from hybrid.io import load
 
     root = Path(root)
     manifest_path = root / "manifest.json"
@@ -296,7 +297,7 @@ def build_dataset(
             case = make_phantom_case(spec, shape=shape, dose_fraction=dose_fraction)
         else:
             folder, srange = spec
-            vol = hybrid.load(ct / folder)
+            vol = load(ct / folder)
             if srange is not None:
                 vol = vol.slab(*srange)
             if max_real_slices and len(vol) > max_real_slices:
@@ -315,7 +316,7 @@ def build_dataset(
     digest = hashlib.sha256("".join(c["sha256"] for c in cases).encode()).hexdigest()
     manifest = {
         "version": MANIFEST_VERSION, "built": datetime.datetime.now().isoformat(timespec="seconds"),
-        "hybrid_version": hybrid.__version__, "settings": settings, "hash": digest, "cases": cases,
+        "hybrid_version": __version__, "settings": settings, "hash": digest, "cases": cases,
     }
     _write_json(manifest_path, manifest)
     _write_json(root / "folds.json", _folds(cases))

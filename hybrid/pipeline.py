@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid._version import __version__
 from hybrid.artifacts import default_asset_paths, default_assets_dir
 from hybrid.volume import Volume, as_stack
 
@@ -59,12 +60,6 @@ log = logging.getLogger(__name__)
 #: Dose fractions the shipped models were trained on (nominal 0.02, augmented
 #: log-uniformly over this range; see :mod:`hybrid.data`).
 TRAINED_DOSE_RANGE = (0.01, 0.10)
-
-def _version() -> str:
-    from hybrid import __version__
-
-    return __version__
-
 
 def _missing_defaults(missing: list[Path]) -> FileNotFoundError:
     return FileNotFoundError(
@@ -436,12 +431,12 @@ class Enhancer:
                 "The models returned non-finite values; the assets may be corrupt. "
                 "Re-create them (make train dictionary)."
             )
-        step = f"hybrid.enhance {_version()}"
+        step = f"hybrid.enhance {__version__}"
         if dose is not None:
             step += f" (dose_fraction={dose:g})"
         info = {
             "step": step,
-            "version": _version(),
+            "version": __version__,
             "dose_fraction": dose,
             "dose_fraction_effect": "informational (one model set for all doses)",
             "stride": self.stride,

@@ -44,7 +44,7 @@ def test_import_hybrid_does_not_import_dask():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Paths of a tiny CNN pair, dictionary and blender (see tests/test_pipeline.py)."""
-    from hybrid.blend import Blender
+    from hybrid.blend import Blender, SoftMode
     from hybrid.cnn.config import CNNConfig
     from hybrid.cnn.infer import CNNPair
     from hybrid.dictionary import DictionaryConfig, PatchDictionary
@@ -59,7 +59,7 @@ def assets(tmp_path_factory):
                           ).save(root / "dictionary")
     CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
                   CNNConfig.for_region("body", depth=3, width=8)).save(root / "cnn")
-    Blender("soft", 1.0, 0.1).save(root / "blend.json")
+    Blender(SoftMode(1.0, 0.1)).save(root / "blend.json")
     return {"cnn": root / "cnn", "dictionary": root / "dictionary",
             "blender": root / "blend.json"}
 

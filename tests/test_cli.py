@@ -103,7 +103,7 @@ def asset_args(tmp_path_factory):
     """Small custom models saved to disk, as the hidden --cnn/--dictionary/--blender options."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("faiss")
-    from hybrid.blend import Blender
+    from hybrid.blend import Blender, SoftMode
     from hybrid.cnn.config import CNNConfig
     from hybrid.cnn.infer import CNNPair
     from hybrid.dictionary import DictionaryConfig, PatchDictionary
@@ -121,7 +121,7 @@ def asset_args(tmp_path_factory):
         CNNConfig.for_region("lung", depth=3, width=8),
         CNNConfig.for_region("body", depth=3, width=8),
     ).save(root / "cnn")
-    Blender("soft", 1.0, 0.1).save(root / "blend.json")
+    Blender(SoftMode(1.0, 0.1)).save(root / "blend.json")
     return ["--cnn", root / "cnn", "--dictionary", root / "dictionary",
             "--blender", root / "blend.json", "--no-progress"]
 
