@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.volume import as_bool_mask
+from hybrid.volume import as_mask
 
 __all__ = [
     "Window",
@@ -155,14 +155,9 @@ def _check_pair(image: Any, reference: Any) -> tuple[np.ndarray, np.ndarray]:
 def _as_mask(
     mask: Any, shape: tuple[int, ...], name: str = "mask", *, allow_empty: bool = False
 ) -> np.ndarray:
-    """A boolean mask of ``shape`` (with at least one True pixel unless ``allow_empty``); None -> all True."""
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    m = as_bool_mask(mask, name=name)
-    if m.shape != tuple(shape):
-        raise ValueError(
-            f"Expected `{name}` of the image's shape {tuple(shape)}; received {m.shape}."
-        )
+    """A boolean mask of ``shape`` (:func:`hybrid.volume.as_mask`; None -> all True) with at
+    least one True pixel unless ``allow_empty``."""
+    m = as_mask(mask, shape, name=name, fill=True)
     if not allow_empty and not m.any():
         raise ValueError(
             f"Expected `{name}` to select at least one pixel; received an empty mask "

@@ -106,6 +106,13 @@ def _outputs(out: Path) -> list[str]:
                                                                    ".hybrid-batch.lock"))
 
 
+def _assert_same_image(got: np.ndarray, expected: np.ndarray) -> None:
+    # A 1-thread Dask worker and the in-process reference may sum the CNN's products in
+    # another order (oneDNN picks its blocking by thread count and load): float32 rounding
+    # of at most 1.2e-4 HU was seen.  1e-3 HU is four orders of magnitude below the noise.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- tests
 def test_plan_names_outputs_after_inputs(series, tmp_path):
     jobs = plan_series([series[0].parent], tmp_path / "out")
@@ -131,7 +138,7 @@ def test_batch_equals_enhance_one_by_one_and_resumes(cluster, assets, series, re
     assert (s.total, s.done, s.skipped, s.failed, s.slices) == (3, 3, 0, 0, 9)
     assert _outputs(out) == ["a.h5", "b.nii.gz", "c_dicom"]
     for name, expected in reference.items():
-        np.testing.assert_array_equal(hybrid.load(out / name).array, expected)
+        _assert_same_image(hybrid.load(out / name).array, expected)
     recs = {Path(r["source"]).name: r for r in _manifest(out)}
     assert sorted(recs) == ["a.h5", "b.nii.gz", "c_dicom"]
     for name, r in recs.items():
@@ -160,7 +167,7 @@ def test_batch_equals_enhance_one_by_one_and_resumes(cluster, assets, series, re
     s3 = run_batch(series, out, scheduler=cluster.scheduler_address, progress=False, **assets)
     assert (s3.done, s3.skipped, s3.failed) == (2, 1, 0)
     assert sorted(Path(r["source"]).name for r in s3.records) == ["a.h5", "b.nii.gz"]
-    np.testing.assert_array_equal(hybrid.load(out / "b.nii.gz").array, reference["b.nii.gz"])
+    _assert_same_image(hybrid.load(out / "b.nii.gz").array, reference["b.nii.gz"])
     assert len(_manifest(out)) == 3 and _outputs(out) == ["a.h5", "b.nii.gz", "c_dicom"]
 
 
@@ -183,7 +190,7 @@ def test_corrupt_series_is_reported_and_the_others_finish(cluster, assets, serie
     assert "output_sha256" not in recs["broken.h5"]
     assert recs["a.h5"]["status"] == recs["c_dicom"]["status"] == "done"
     assert _outputs(out) == ["a.h5", "c_dicom"]
-    np.testing.assert_array_equal(hybrid.load(out / "a.h5").array, reference["a.h5"])
+    _assert_same_image(hybrid.load(out / "a.h5").array, reference["a.h5"])
     # again: the done ones are skipped, the broken one is tried (and fails) again
     assert main(argv) == 1
     summary = json.loads(capsys.readouterr().out)
@@ -241,7 +248,7 @@ def test_killed_worker_mid_batch_every_output_once(cluster, assets, series, refe
         assert r["status"] == "done"
         assert r["output_sha256"] == output_digest(r["output"])
     for name, expected in reference.items():
-        np.testing.assert_array_equal(hybrid.load(out / name).array, expected)
+        _assert_same_image(hybrid.load(out / name).array, expected)
     s2 = run_batch(series, out, scheduler=cluster.scheduler_address, progress=False, **assets)
     assert (s2.done, s2.skipped) == (0, 3)
 
@@ -255,7 +262,7 @@ def test_cli_local_cluster(assets, series, reference, tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "batch: 1 done, 0 already done, 0 failed of 1 series; 3 slices" in text
-    np.testing.assert_array_equal(hybrid.load(out / "b.nii.gz").array, reference["b.nii.gz"])
+    _assert_same_image(hybrid.load(out / "b.nii.gz").array, reference["b.nii.gz"])
 
 
 def test_cli_and_batch_write_the_same_derivation_text(assets, series, tmp_path, capsys):

@@ -260,7 +260,7 @@ def test_sampler_rejects_bad_input(pairs):
     empty = [(pairs[0][0], pairs[0][1], np.zeros_like(pairs[0][2]), pairs[0][3])]
     with pytest.raises(ValueError, match="No admissible lung patch"):
         PatchSampler(empty, region="lung")
-    with pytest.raises(ValueError, match="lung_mask of the ULD's shape"):
+    with pytest.raises(ValueError, match="lung_mask` of the image's shape"):
         as_training_pairs([(pairs[0][0], pairs[0][1], pairs[0][2][:, :10], None)])
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.cnn.config import DEFAULT_PATCH_SIZE, REGIONS
-from hybrid.volume import Volume, as_hu_array
+from hybrid.volume import Volume, as_mask, as_stack
 
 __all__ = ["TrainingPair", "PatchSampler", "as_training_pairs", "split_pairs"]
 
@@ -49,26 +49,6 @@ class TrainingPair:
         return self.uld.shape  # type: ignore[return-value]
 
 
-def _as_array(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, Volume):
-        return x.array
-    arr = as_hu_array(x, name=name)
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    return arr
-
-
-def _as_mask(x: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    if isinstance(x, Volume):
-        x = x.array
-    m = np.asarray(x)
-    if m.ndim == 2:
-        m = m[np.newaxis]
-    if m.shape != shape:
-        raise ValueError(f"Expected {name} of the ULD's shape {shape}; received {m.shape}.")
-    return m.astype(bool, copy=False)
-
-
 def as_training_pairs(pairs: Sequence[Any]) -> list[TrainingPair]:
     """Normalise a list of per-patient pairs to :class:`TrainingPair`.
 
@@ -97,18 +77,14 @@ def as_training_pairs(pairs: Sequence[Any]) -> list[TrainingPair]:
                 f"Invalid value for argument `pairs[{i}]`. Expected a TrainingPair or a tuple "
                 f"(uld, nd, lung_mask, body_mask[, patient_id]). Received type {type(item).__name__}"
             )
-        uld = _as_array(item[0], f"pairs[{i}].uld")
-        nd = _as_array(item[1], f"pairs[{i}].nd")
+        uld, _ = as_stack(item[0], name=f"pairs[{i}].uld")
+        nd, _ = as_stack(item[1], name=f"pairs[{i}].nd")
         if nd.shape != uld.shape:
             raise ValueError(
                 f"Expected pairs[{i}] ND of the ULD's shape {uld.shape}; received {nd.shape}."
             )
-        lung = _as_mask(item[2], uld.shape, f"pairs[{i}].lung_mask")
-        body = (
-            np.ones(uld.shape, dtype=bool)
-            if item[3] is None
-            else _as_mask(item[3], uld.shape, f"pairs[{i}].body_mask")
-        )
+        lung = as_mask(item[2], uld.shape, name=f"pairs[{i}].lung_mask", fill=False)
+        body = as_mask(item[3], uld.shape, name=f"pairs[{i}].body_mask", fill=True)
         pid = str(item[4]) if len(item) == 5 else f"patient{i:03d}"
         out.append(TrainingPair(uld, nd, lung, body, pid))
     return out
