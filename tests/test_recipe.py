@@ -251,3 +251,23 @@ def test_sharp_variants_only_for_real_smooth_or_standard_cases(tiny_models):
     np.testing.assert_array_equal(again[2][1], samples[2][1])
     _, n_none = calibration_samples([real], pair, dic, sharp_variants=False, include_aug=False)
     assert n_none == 0
+
+
+def test_train_reads_the_dataset_and_builds_the_dictionary_stage(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    import hybrid.data
+    from hybrid.data import build_dataset
+    from hybrid.dictionary import PatchDictionary
+
+    root = tmp_path / "data"
+    build_dataset(root, n_patients=3, shape=(2, 96, 96), real=False, figure=False, progress=False)
+    loaded = []
+    load_case = hybrid.data.load_case
+    monkeypatch.setattr(hybrid.data, "load_case", lambda p: loaded.append(Path(p).stem) or load_case(p))
+    split = recipe.Split(held_out={"phantom": ("P01",)}, calibration=("P02",))
+    models = recipe.train(root, split=split, config=_tiny_config(), stages=("dictionary",),
+                          out={"dictionary": tmp_path / "dic"})
+    assert sorted(loaded) == ["P02", "P03"]  # never the held-out patient
+    assert isinstance(models.dictionary, PatchDictionary) and models.cnn is None
+    assert json.loads((tmp_path / "dic" / "meta.json").read_text())["name"] == "dic"
+    assert len(models.dictionary) > 0
