@@ -42,7 +42,8 @@ demo: setup
 	$(PY) -m hybrid.demo $(if $(filter 1,$(FAST)),--fast,)
 
 # ---------------------------------------------------------------- the shipped defaults
-# Each needs `make data`.  Who sees which patient: hybrid/training.py.
+# Each needs `make data`.  Each is ONE stage of the recipe, hybrid.recipe.train (who sees which
+# patient: its docstring); split: experiments/splits.json; settings: experiments/configs/shipped.json.
 .PHONY: train dictionary calibrate heldout search
 search: setup
 	$(PY) experiments/search.py

@@ -13,8 +13,9 @@ Split (fixed, patient-level, from ``data/manifest.json``)
     train:      phantom P01-P09 and every real patient except the validation and
                 held-out ones
     validation: phantom P10 and real patient ``pancreas``
-    unused:     P11, and the held-out patients of the shipped model (P12, A0001), so
-                that the README's held-out numbers never saw the search.
+    unused:     the held-out patients of the shipped model and ``search_unused``
+                (``experiments/splits.json``), so that the README's held-out numbers
+                never saw the search.
 Every training case gives two :class:`~hybrid.cnn.TrainingPair`: its nominal ULD (2 %)
 and its ``uld_aug`` copy (random dose 1-10 %), both with the ND target.  Validation
 uses the nominal ULD only (what evaluation uses).
@@ -66,7 +67,6 @@ RESULTS_DIR = REPO / "experiments" / "results"
 
 TRAIN_PHANTOM = [f"P{i:02d}" for i in range(1, 10)]
 VAL_PATIENTS = ["P10", "pancreas"]
-HELD_OUT_PATIENTS = ["P11", "P12", "A0001"]  # never used by the search
 
 #: Speed target of the pair: 150 ms per 512 x 512 slice on 2 threads.  The body model
 #: runs on the whole slice; the lung model only on the lung crop (typically about half
@@ -121,11 +121,13 @@ def load_families(directory: Path = VARIANTS_DIR) -> list[dict[str, Any]]:
 def load_split(data_root: Path) -> tuple[list[TrainingPair], list[TrainingPair], dict]:
     """Training pairs (ULD and ULD-aug per case) and validation pairs (nominal ULD)."""
     from hybrid.data import iter_cases, load_case
+    from hybrid.recipe import load_split as read_split
 
+    excluded = set(read_split().search_excluded)  # never used by the search
     train, val, info = [], [], {"train_cases": [], "val_cases": []}
     for entry, path in iter_cases(data_root):
         pid = entry["patient_id"]
-        if pid in HELD_OUT_PATIENTS:
+        if pid in excluded:
             continue
         is_val = pid in VAL_PATIENTS
         if entry["kind"] == "phantom" and not is_val and pid not in TRAIN_PHANTOM:

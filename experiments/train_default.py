@@ -1,15 +1,12 @@
-"""Train the shipped default CNN pair and evaluate it on the held-out patients.
+"""Train the shipped CNN pair (``make train``) and evaluate it on the held-out patients.
 
-Chosen from the variant search (``experiments/results/variants.md``); the
-configurations are :data:`LUNG` and :data:`BODY` below.
-
-Data (``data/manifest.json``)
-    train:   every phantom patient except P12 and every real patient except A0001;
-             each case as two pairs: nominal ULD (2 % dose) and ULD-aug (1-10 %).
-    monitor: nominal ULD of P11 and pancreas (also trained on: this only drives the
-             learning-rate schedule and the best checkpoint, it is not a held-out score).
-    held out: P12 (phantom) and A0001 (real, kernels B and L), never seen in training
-             nor in the variant search.
+Training is the CNN stage of the one recipe, :func:`hybrid.recipe.train`, with the
+split of ``experiments/splits.json`` and the settings of
+``experiments/configs/shipped.json`` (``--config``); who sees which patient is the
+table in :mod:`hybrid.recipe`: every case of the non-held-out patients at its nominal
+ULD (2 % dose) and its ULD-aug (1-10 %), monitored on the calibration patients (also
+trained on: this only drives the learning-rate schedule and the best checkpoint, it is
+not a held-out score).
 
 Writes
     hybrid/assets/cnn/                           the pair (``CNNPair.save``)
@@ -21,7 +18,7 @@ Run::
     .venv/bin/python experiments/train_default.py               # train + evaluate (~15 min, 2 cores)
     .venv/bin/python experiments/train_default.py --eval-only   # evaluate the shipped pair
 
-The held-out evaluation runs ``CNNPair.propose(case.uld, lung_mask)`` with the lung
+The held-out evaluation runs ``CNNPair.propose(case.uld, lung_mask=...)`` with the lung
 mask segmented from the ULD image (``hybrid.lung.segment``, as ``enhance`` does) and
 compares with the ND image inside the case's body mask; the ULD input is scored the
 same way.  The case's own lung mask is reported too, for reference.
@@ -30,7 +27,9 @@ same way.  The case's own lung mask is reported too, for reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -46,155 +45,32 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from hybrid.cnn.config import CNNConfig  # noqa: E402
-from hybrid.cnn.sampler import TrainingPair  # noqa: E402
-
 ASSET_DIR = REPO / "hybrid" / "assets" / "cnn"
 RESULTS_DIR = REPO / "experiments" / "results"
-
-HELD_OUT = {"phantom": ["P12"], "real": ["A0001"]}
-MONITOR = ["P11", "pancreas"]
-
-#: Default configurations (from the variant search, see the module docstring).
-#: lung-dil1-p48-huber: best lung RMSE of the search, 44 ms on a full 512 x 512 slice.
-LUNG = dict(
-    region="lung", patch_size=48, depth=6, width=24, kernel_size=3, dilation=1,
-    residual=True, normalization="linear", loss="huber", learning_rate=1e-3, name="lung",
-)
-#: Body: 10 layers of 32 3x3 filters (75 k parameters, receptive field 21 px).  The
-#: variant search's winner (body-k5-d5-dil1-huber, 20 k parameters, 30 x 150 steps) was
-#: chosen under a float32 time budget of 60 ms per slice and 1-2 min of training; with
-#: bfloat16 inference (3-4x faster) and bfloat16 training, a model 3.7x larger trained
-#: 2.2x longer fits the same time: BM3D beat the small one outside the lungs (README).
-BODY = dict(
-    region="body", patch_size=64, depth=10, width=32, kernel_size=3, dilation=1,
-    residual=True, normalization="linear", loss="huber", learning_rate=1e-3, name="body",
-)
-#: Training budget per region: epochs x steps x batch.
-BUDGET = {
-    "lung": {"epochs": 30, "steps_per_epoch": 150, "batch_size": 32},
-    "body": {"epochs": 40, "steps_per_epoch": 250, "batch_size": 32},
-}
-
-
-# ---------------------------------------------------------------------------- data
-def load_training(data_root: Path) -> tuple[list[TrainingPair], list[TrainingPair], list[str]]:
-    from hybrid.data import iter_cases, load_case
-
-    held = set(HELD_OUT["phantom"]) | set(HELD_OUT["real"])
-    train, monitor, ids = [], [], []
-    for entry, path in iter_cases(data_root):
-        if entry["patient_id"] in held:
-            continue
-        case = load_case(path)
-        nd = np.asarray(case.nd, np.float32)
-        uld = np.asarray(case.uld.array, np.float32)
-        aug = np.asarray(case.uld_aug, np.float32)
-        train.append(TrainingPair(uld, nd, case.lung_mask, case.body_mask, case.case_id))
-        train.append(TrainingPair(aug, nd, case.lung_mask, case.body_mask, f"{case.case_id}~aug"))
-        ids.append(case.case_id)
-        if entry["patient_id"] in MONITOR:
-            monitor.append(TrainingPair(uld, nd, case.lung_mask, case.body_mask, case.case_id))
-    return train, monitor, ids
-
-
-def held_out_cases(data_root: Path):
-    from hybrid.data import iter_cases, load_case
-
-    want = set(HELD_OUT["phantom"]) | set(HELD_OUT["real"])
-    for entry, path in iter_cases(data_root):
-        if entry["patient_id"] in want:
-            yield load_case(path)
 
 
 # ---------------------------------------------------------------------------- training
 def train(args) -> None:
-    import keras
+    """``make train``: the recipe's CNN stage (:func:`hybrid.recipe.train`)."""
+    from hybrid.recipe import Models, load_config, load_split
+    from hybrid.recipe import train as run_recipe
 
-    from hybrid.cnn.infer import CNNPair, native_bfloat16
-    from hybrid.cnn.train import train_model
-
-    t0 = time.perf_counter()
-    pairs, monitor, ids = load_training(args.data)
-    print(f"{len(ids)} training cases ({len(pairs)} pairs) in {time.perf_counter() - t0:.0f} s",
-          flush=True)
-    configs = {"lung": CNNConfig(**LUNG), "body": CNNConfig(**BODY)}
-    results = {}
-    kept = None
+    config = load_config(args.config).with_budget(epochs=args.epochs, steps_per_epoch=args.steps)
+    config = config.with_cnn(**{k: v for k, v in (("reduce_lr_patience", args.reduce_lr_patience),
+                                                  ("precision", args.precision)) if v is not None})
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    keep = None
     if set(args.regions) != {"lung", "body"}:  # the other region: the model in --keep-from
-        kept = CNNPair.load(args.keep_from)
-    dtype = None
-    if args.precision == "bfloat16" or (args.precision == "auto" and native_bfloat16()):
-        dtype = "mixed_bfloat16"
-    print(f"training {', '.join(args.regions)} with dtype policy {dtype or 'float32'}", flush=True)
-    for region in args.regions:
-        b = dict(BUDGET[region])
-        if args.epochs:
-            b["epochs"] = args.epochs
-        if args.steps:
-            b["steps_per_epoch"] = args.steps
-        keras.backend.clear_session()
-        t = time.perf_counter()
-        results[region] = train_model(
-            configs[region],
-            pairs,
-            val_pairs=monitor,
-            out_dir=args.work / region,
-            epochs=b["epochs"],
-            steps_per_epoch=b["steps_per_epoch"],
-            batch_size=b["batch_size"],
-            patience=100,
-            reduce_lr_patience=args.reduce_lr_patience,
-            seed=args.seed,
-            threads=args.threads,
-            tensorboard=False,
-            verbose=0,
-            dtype=dtype,
-        )
-        r = results[region]
-        print(f"{region}: monitor slice RMSE {r.val_slice_rmse_hu:.1f} HU, best epoch "
-              f"{r.best_epoch}/{r.epochs_run}, {time.perf_counter() - t:.0f} s", flush=True)
-    old_meta = kept.metadata if kept is not None else {}
-    metadata = {
-        "data_manifest": next(iter(results.values())).manifest,
-        "trained_by": "experiments/train_default.py",
-        "held_out_patients": HELD_OUT,
-        "training_cases": ids,
-        "training_inputs": "nominal ULD (2 %) and ULD-aug (1-10 % dose) per case",
-        "budget": {k: (dict(BUDGET[k], reduce_lr_patience=args.reduce_lr_patience) if k in results
-                       else old_meta.get("budget", {}).get(k)) for k in BUDGET},
-        "dtype_policy": {k: (dtype or "float32") if k in results
-                         else old_meta.get("dtype_policy", {}).get(k, "float32") for k in BUDGET},
-        "monitor": {**{k: v for k, v in old_meta.get("monitor", {}).items() if k not in results},
-                    **{
-            k: {
-                "cases": MONITOR,
-                "note": "monitor patients are also in training (not a held-out score)",
-                "val_rmse_hu": r.val_rmse_hu,
-                "val_slice_rmse_hu": r.val_slice_rmse_hu,
-                "best_epoch": r.best_epoch,
-                "epochs_run": r.epochs_run,
-                "train_seconds": r.seconds,
-            }
-            for k, r in results.items()
-        }},
-    }
-    if kept is not None:
-        metadata["kept_from_previous_pair"] = sorted(set(BUDGET) - set(results))
-        # the data manifest covers the same cases for both regions (same load_training)
-    models = {k: r.model for k, r in results.items()}
-    cfgs = dict(configs)
-    if kept is not None:
-        for k in set(BUDGET) - set(results):
-            models[k] = getattr(kept, f"{k}_model")
-            cfgs[k] = getattr(kept, f"{k}_config")
-    pair = CNNPair(
-        models["lung"], models["body"],
-        lung_config=cfgs["lung"], body_config=cfgs["body"], metadata=metadata,
-    )
-    pair.save(args.out, overwrite=True)
+        from hybrid.cnn.infer import CNNPair
+
+        keep = Models(cnn=CNNPair.load(args.keep_from))
+    models = run_recipe(args.data, split=load_split(), config=config, stages=("cnn",),
+                        out={"cnn": args.out}, keep=keep, regions=args.regions, work=args.work,
+                        threads=args.threads)
     size = sum(p.stat().st_size for p in Path(args.out).iterdir())
     print(f"saved {args.out} ({size / 1e6:.2f} MB)", flush=True)
+    results = models.training
     if len(results) == 2:
         _progress_png([results["lung"].files["figure"], results["body"].files["figure"]],
                       RESULTS_DIR / "cnn_training_progress.png")
@@ -221,6 +97,17 @@ def _progress_png(pngs: list[Path], dest: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- evaluation
+def held_out_cases(data_root: Path):
+    """The held-out patients' cases (``experiments/splits.json``)."""
+    from hybrid.data import iter_cases, load_case
+    from hybrid.recipe import load_split
+
+    want = set(load_split().held_out_patients)
+    for entry, path in iter_cases(data_root):
+        if entry["patient_id"] in want:
+            yield load_case(path)
+
+
 def _rmse(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
     d = a[m].astype(np.float64) - b[m]
     return float(np.sqrt(np.mean(d**2)))
@@ -241,12 +128,12 @@ def evaluate(args) -> dict[str, Any]:
         nd = np.asarray(case.nd, np.float32)
         body = case.body_mask
         seg = segment(case.uld)
-        pair.propose(uld[:1], seg[:1])  # warm-up (tracing)
+        pair.propose(uld[:1], lung_mask=seg[:1])  # warm-up (tracing)
         t = time.perf_counter()
-        prop = pair.propose(uld, seg).image
+        prop = pair.propose(uld, lung_mask=seg).image
         sec = time.perf_counter() - t
         timings.append((sec, len(uld), uld.shape[1:]))
-        prop_true = pair.propose(uld, case.lung_mask).image
+        prop_true = pair.propose(uld, lung_mask=case.lung_mask).image
         lung, soft = body & case.lung_mask, body & ~case.lung_mask
         rec = {
             "patient_id": case.patient_id,
@@ -270,7 +157,7 @@ def evaluate(args) -> dict[str, Any]:
         # the same case at its other (augmentation) dose: robustness to the dose level
         aug = np.asarray(case.uld_aug, np.float32)
         seg_aug = segment(aug, spacing=case.uld.spacing)
-        prop_aug = pair.propose(aug, seg_aug).image
+        prop_aug = pair.propose(aug, lung_mask=seg_aug).image
         rec["other_dose"] = {
             "dose_fraction": case.meta.get("aug_dose_fraction"),
             "uld_rmse_hu": _rmse(aug, nd, body),
@@ -324,21 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("--out", type=Path, default=ASSET_DIR)
     ap.add_argument("--work", type=Path, default=Path("/tmp/hybrid_cnn_default"))
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--steps", type=int)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="shipped",
+                    help="recipe config: a name in experiments/configs or a path (default shipped)")
+    ap.add_argument("--epochs", type=int, help="epochs of both regions (default: the config's)")
+    ap.add_argument("--steps", type=int, help="steps per epoch of both regions (default: the config's)")
+    ap.add_argument("--seed", type=int, help="default: the config's")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--regions", nargs="+", choices=["lung", "body"], default=["lung", "body"],
                     help="regions to train; the other one is copied from --keep-from")
     ap.add_argument("--keep-from", type=Path, default=ASSET_DIR,
                     help="pair whose model is kept for the regions not trained")
-    ap.add_argument("--reduce-lr-patience", type=int, default=8,
+    ap.add_argument("--reduce-lr-patience", type=int,
                     help="epochs without a better monitor loss before the learning rate is halved "
-                         "(3 stalled the body model at 119 HU monitor RMSE; 8 reached 112)")
-    ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                    help="training arithmetic: auto = bfloat16 where the CPU has it natively")
+                         "(default: the config's; 3 stalled the body model at 119 HU monitor RMSE, "
+                         "8 reached 112)")
+    ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
+                    help="training arithmetic (default: the config's); auto = bfloat16 where the "
+                         "CPU has it natively")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from hybrid.cnn.models import set_threads
 
     set_threads(args.threads)
