@@ -73,8 +73,14 @@ def load_cv_settings(settings: str | os.PathLike = "cv",
     -------
     dict
         ``tune_slices``, ``eval_slices`` (None: every slice), ``grids`` (the search grids;
-        the file names one of :data:`_GRIDS` or gives them), ``other_set`` (also train on
-        the other set's patients) and ``note`` (shown at the top of the summary).
+        the file names ``CV_GRIDS``, ``FAST_GRIDS`` or ``HELDOUT_GRIDS`` of
+        :mod:`hybrid.evaluate.tuning`, or gives them), ``other_set`` (also train on the
+        other set's patients) and ``note`` (shown at the top of the summary).
+
+    Raises
+    ------
+    ValueError
+        Where the file has no ``cv`` section, or it (with ``overrides``) has other keys.
     """
     from hybrid.recipe import config_sections
 
