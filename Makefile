@@ -73,7 +73,7 @@ notebook: setup
 	$(PY) experiments/run_notebook.py --slices $(NB_SLICES) $(if $(filter 1,$(NB_BM3D)),--bm3d,)
 
 # ---------------------------------------------------------------- cross-validation
-# Leave-one-patient-out CV of the hybrid and the tuned baselines (hybrid/evaluate.py), needs
+# Leave-one-patient-out CV of the hybrid and the tuned baselines (hybrid/evaluate/cv.py), needs
 # `make data`.  Results: experiments/results/cv/ (FAST=1: a smoke run, 2 phantom + 1 real fold
 # with tiny budgets, into experiments/results/cv/fast/).  Resumes an interrupted run.
 .PHONY: cv

@@ -75,12 +75,56 @@ def test_compare_on_heldout_report(tiny, tmp_path):
     assert "sigma_px=" in md and "same slices" in md
 
 
-def test_cross_validate_fast_end_to_end(tiny, tmp_path):
-    from dataclasses import replace
+def test_cv_settings_come_from_the_config_files():
+    from hybrid.recipe import load_config
 
-    budget = replace(ev.CVBudget.fast(), patch_sizes=(16, 32))  # 128² phantoms: smaller patches
+    cv = ev.load_cv_settings("cv")
+    assert cv["grids"] is ev.CV_GRIDS and cv["other_set"] is True and cv["eval_slices"] == 4
+    fast = ev.load_cv_settings("cv-fast", {"eval_slices": 3})
+    assert fast["grids"] is ev.FAST_GRIDS and fast["eval_slices"] == 3 and fast["note"]
+    with pytest.raises(ValueError, match="unknown keys"):
+        ev.load_cv_settings("cv", {"eval_slice": 3})
+    with pytest.raises(ValueError, match="'cv' section"):
+        ev.load_cv_settings("shipped")
+    # the recipe section: short budgets for both regions, the shipped CNN configurations
+    config = load_config("cv")
+    assert config.cnn.lung is None and config.cnn.body is None
+    assert {b["epochs"] for b in config.cnn.budget.values()} == {4}
+
+
+def test_cv_command_line_maps_to_the_config_files(monkeypatch, tmp_path):
+    import hybrid.evaluate.cli as cli
+    from hybrid.recipe import load_config
+
+    seen = {}
+
+    def fake(data, out, **kw):
+        seen.update(kw, out=out)
+        (tmp_path / "cv_summary.md").write_text("summary")
+        return []
+
+    monkeypatch.setattr(cli, "cross_validate", fake)
+    cli.main(["cv", "--fast", "--epochs", "2", "--steps", "3", "--eval-slices", "5",
+              "--out", str(tmp_path)])
+    assert seen["settings"] == "cv-fast" and seen["cv"] == {"eval_slices": 5}
+    assert seen["max_folds"] == {"phantom": 2, "real": 1}
+    budget = seen["config"].cnn.budget
+    assert {(b["epochs"], b["steps_per_epoch"], b["batch_size"]) for b in budget.values()} == {(2, 3, 8)}
+    cli.main(["cv", "--out", str(tmp_path)])
+    assert seen["settings"] == "cv" and seen["cv"] is None and seen["max_folds"] is None
+    assert seen["config"] == load_config("cv")  # no flag: the file's budgets
+
+
+def test_cross_validate_fast_end_to_end(tiny, tmp_path):
+    from hybrid.dictionary import PatchDictionary
+    from hybrid.recipe import load_config
+
+    if not hasattr(PatchDictionary, "with_settings"):  # the fold runs through hybrid.recipe
+        pytest.skip("needs PatchDictionary.with_settings (the dictionary refactor's branch)")
+
+    config = load_config("cv-fast").with_cnn(patch_sizes=(16, 32))  # 128² phantoms: smaller patches
     rows = ev.cross_validate(tiny, tmp_path, sets=("phantom",), max_folds=1,
-                             baselines=("gaussian",), budget=budget, threads=2)
+                             baselines=("gaussian",), settings="cv-fast", config=config, threads=2)
     # fold P01: test patient P01; the shipped calibration patients are absent, so the training
     # patient with the most lung voxels calibrates (its CNN validation needs lung patches) and
     # the other one fills the dictionary
@@ -111,7 +155,8 @@ def test_cross_validate_fast_end_to_end(tiny, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # resume: the finished fold is skipped, its rows kept
     again = ev.cross_validate(tiny, tmp_path, sets=("phantom",), max_folds=1,
-                              baselines=("gaussian",), budget=budget, figures=False)
+                              baselines=("gaussian",), settings="cv-fast", config=config,
+                              figures=False)
     assert len(again) == len(rows)
     assert len(json.loads((tmp_path / "cv_folds.json").read_text())["folds"]) == 1
     assert not (tmp_path / "work").exists()  # training folders go to a temporary folder

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hybrid.evaluate.budget import CVBudget
 from hybrid.evaluate.cv import cross_validate
 from hybrid.evaluate.dose_sweep import dose_sweep
 from hybrid.evaluate.heldout import compare_on_heldout
@@ -40,21 +39,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     d = sub.add_parser("dose-sweep", help="quality against dose for the hybrid and a tuned baseline")
     d.add_argument("--data", type=Path, default=Path("data"))
     d.add_argument("--out", type=Path, default=Path("experiments/results"))
-    d.add_argument("--case", default="A0001-B")
+    d.add_argument("--case", default=None, help="case id (default: that of hybrid.evaluate.dose_sweep)")
     d.add_argument("--baseline", default="bm3d")
     d.add_argument("--slices", type=int, default=4)
     c = sub.add_parser("cv", help="leave-one-patient-out cross-validation (make cv)")
     c.add_argument("--data", type=Path, default=Path("data"))
     c.add_argument("--out", type=Path, default=None,
                    help="default experiments/results/cv (experiments/results/cv/fast with --fast)")
-    c.add_argument("--fast", action="store_true", help="smoke run: tiny budgets, 2 phantom + 1 real fold")
+    c.add_argument("--fast", action="store_true",
+                   help="smoke run (experiments/configs/cv-fast.json): tiny budgets, 2 phantom + 1 "
+                        "real fold")
     c.add_argument("--sets", nargs="+", default=["phantom", "real"])
     c.add_argument("--max-folds", type=int, default=None)
     c.add_argument("--patients", nargs="+", default=None, help="only these test patients")
     c.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
-    c.add_argument("--epochs", type=int, default=None)
-    c.add_argument("--steps", type=int, default=None)
-    c.add_argument("--eval-slices", type=int, default=None)
+    c.add_argument("--epochs", type=int, default=None,
+                   help="CNN epochs per region (default: the config file's)")
+    c.add_argument("--steps", type=int, default=None,
+                   help="CNN steps per epoch per region (default: the config file's)")
+    c.add_argument("--eval-slices", type=int, default=None,
+                   help="central slices scored per test case (default: the config file's)")
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--no-resume", action="store_true")
     args = p.parse_args(argv)
@@ -65,25 +69,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         print((Path(args.out) / "baselines_heldout.md").read_text())
         print(f"wall {res['wall_seconds']:.0f} s")
     elif args.cmd == "dose-sweep":
-        res = dose_sweep(args.data, case_id=args.case, baseline=args.baseline, n_slices=args.slices,
+        case = {"case_id": args.case} if args.case is not None else {}
+        res = dose_sweep(args.data, **case, baseline=args.baseline, n_slices=args.slices,
                          out=args.out)
         for r in res["rows"]:
             print(f"{r['dose_fraction']:>5.2f} {r['method']:<8} RMSE {r['rmse_hu']:7.1f} HU  "
                   f"SSIM lung {r['ssim_lung']:.3f}  soft {r['ssim_soft_tissue']:.3f}")
     elif args.cmd == "cv":
-        from dataclasses import replace
+        from hybrid.recipe import load_config
 
-        budget = CVBudget.fast() if args.fast else CVBudget()
-        over = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps),
-                                  ("eval_slices", args.eval_slices)) if v is not None}
-        budget = replace(budget, **over)
+        settings = "cv-fast" if args.fast else "cv"  # experiments/configs/<settings>.json
+        config = load_config(settings).with_budget(epochs=args.epochs, steps_per_epoch=args.steps)
+        cv = {"eval_slices": args.eval_slices} if args.eval_slices is not None else None
         out = args.out or Path("experiments/results/cv") / ("fast" if args.fast else "")
         max_folds: Any = args.max_folds
         if args.fast and args.max_folds is None:
             max_folds = {"phantom": 2, "real": 1}  # FAST: 2 phantom folds, 1 real fold
         t = time.perf_counter()
         rows = cross_validate(args.data, out, sets=args.sets, max_folds=max_folds,
-                              test_patients=args.patients, baselines=args.baselines, budget=budget,
-                              threads=args.threads, resume=not args.no_resume)
+                              test_patients=args.patients, baselines=args.baselines,
+                              settings=settings, config=config, cv=cv, threads=args.threads,
+                              resume=not args.no_resume)
         print((Path(out) / "cv_summary.md").read_text())
         print(f"{len(rows)} rows in {Path(out) / 'cv_results.csv'}; wall {time.perf_counter() - t:.0f} s")

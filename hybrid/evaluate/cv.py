@@ -1,10 +1,13 @@
 """Leave-one-patient-out cross-validation of the hybrid and the tuned baselines.
 
 Per fold of ``data/folds.json`` (phantom and real sets separately):
-:func:`train_fold_models` trains a CNN pair (configurations of the shipped
-pair, short budget) on the training patients, builds a dictionary without the
-test patient and one calibration patient and calibrates the blender on the
-calibration patient; the baselines are tuned on training slices
+:func:`train_fold_models` runs the one training recipe
+(:func:`hybrid.recipe.train_from_cases`) on the training patients: a CNN pair,
+a dictionary without the test patient and one calibration patient, the blender
+calibrated on the calibration patient.  Its settings come from a CV config file
+(``experiments/configs/cv.json``, ``cv-fast.json``): the ``recipe`` section
+(short budgets), and the ``cv`` section (tuning and scoring,
+:func:`load_cv_settings`).  The baselines are tuned on training slices
 (:mod:`hybrid.evaluate.tuning`) and every method is scored on the test patient
 (:mod:`hybrid.evaluate.scoring`).  Each fold runs in a fresh process; results
 are written after every fold (:mod:`hybrid.evaluate.report`), figures at the end
@@ -13,6 +16,7 @@ are written after every fold (:mod:`hybrid.evaluate.report`), figures at the end
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.budget import CVBudget
 from hybrid.evaluate.cases import _case_path, _entries, central_slices
 from hybrid.evaluate.figures import _boxplots, _example_figure
 from hybrid.evaluate.report import (
@@ -34,37 +37,82 @@ from hybrid.evaluate.report import (
     _write_summary,
 )
 from hybrid.evaluate.scoring import _CLASSICAL, _baseline_images, score_methods
-from hybrid.evaluate.tuning import _tune_pairs, default_tune_cases, tune_baselines
+from hybrid.evaluate.tuning import (
+    CV_GRIDS,
+    FAST_GRIDS,
+    HELDOUT_GRIDS,
+    _tune_pairs,
+    default_tune_cases,
+    tune_baselines,
+)
+from hybrid.recipe import RecipeConfig, load_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cross_validate", "train_fold_models"]
+__all__ = ["cross_validate", "train_fold_models", "load_cv_settings"]
+
+#: The keys of a CV config file's ``cv`` section (``experiments/configs/cv.json``).
+_CV_KEYS = ("tune_slices", "eval_slices", "grids", "other_set", "note")
+#: The search grids a ``cv`` section may name.
+_GRIDS = {"CV_GRIDS": CV_GRIDS, "FAST_GRIDS": FAST_GRIDS, "HELDOUT_GRIDS": HELDOUT_GRIDS}
 
 
-def _shipped_cnn_configs(patch_sizes: tuple[int, int] | None = None):
-    """The lung and body CNNConfig of the shipped pair (``hybrid/assets/cnn/*.config.json``),
-    optionally with other patch sizes."""
-    from hybrid.artifacts import default_assets_dir
-    from hybrid.cnn.config import CNNConfig
+def load_cv_settings(settings: str | os.PathLike = "cv",
+                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``cv`` section of a CV config file, with ``overrides`` and its grids resolved.
 
-    d = default_assets_dir() / "cnn"
-    out = []
-    for i, r in enumerate(("lung", "body")):
-        cfg = json.loads((d / f"{r}.config.json").read_text())
-        if patch_sizes is not None:
-            cfg["patch_size"] = int(patch_sizes[i])
-        out.append(CNNConfig.from_dict(cfg))
-    return tuple(out)
+    Parameters
+    ----------
+    settings : str or path
+        A file of ``experiments/configs`` by name (``"cv"``, ``"cv-fast"``) or a path
+        (:func:`hybrid.recipe.config_sections`).
+    overrides : mapping, optional
+        Replace some of its keys (e.g. ``{"eval_slices": 8}``).
+
+    Returns
+    -------
+    dict
+        ``tune_slices``, ``eval_slices`` (None: every slice), ``grids`` (the search grids;
+        the file names ``CV_GRIDS``, ``FAST_GRIDS`` or ``HELDOUT_GRIDS`` of
+        :mod:`hybrid.evaluate.tuning`, or gives them), ``other_set`` (also train on the
+        other set's patients) and ``note`` (shown at the top of the summary).
+
+    Raises
+    ------
+    ValueError
+        Where the file has no ``cv`` section, or it (with ``overrides``) has other keys.
+    """
+    from hybrid.recipe import config_sections
+
+    sections = config_sections(settings)
+    if "cv" not in sections:
+        raise ValueError(f"Expected a 'cv' section (keys {list(_CV_KEYS)}) in the config "
+                         f"{settings!r}; it has only {sorted(sections)}. Use a CV config such "
+                         "as 'cv' or 'cv-fast'.")
+    cv = {**sections["cv"], **(overrides or {})}
+    if set(cv) != set(_CV_KEYS):
+        raise ValueError(f"Expected the keys {list(_CV_KEYS)} in the 'cv' section of {settings!r} "
+                         f"(and its overrides); received unknown keys "
+                         f"{sorted(set(cv) - set(_CV_KEYS))} and missing keys "
+                         f"{sorted(set(_CV_KEYS) - set(cv))}.")
+    grids = cv["grids"]
+    if isinstance(grids, str):
+        if grids not in _GRIDS:
+            raise ValueError(f"Expected `cv.grids` of {settings!r} to be one of {sorted(_GRIDS)} "
+                             f"or a mapping of baseline -> grid; received {grids!r}.")
+        cv["grids"] = _GRIDS[grids]
+    return cv
 
 
 def _pick_calibration(train_patients: Sequence[str], kind: str, root: Path | None = None,
                       entries: Sequence[Mapping[str, Any]] = ()) -> str:
-    """Calibration patient of a fold: the shipped one of this set if it is training, else the
-    training patient of this set with the most lung voxels (the CNN's validation needs lung
-    patches: an abdomen-only series has none), else the last."""
-    from hybrid.training import CALIBRATION_PATIENTS
+    """Calibration patient of a fold: a calibration patient of the shipped split
+    (``experiments/splits.json``) if it is training, else the training patient of this set
+    with the most lung voxels (the CNN's monitor needs lung patches: an abdomen-only series
+    has none), else the last."""
+    from hybrid.recipe import load_split
 
-    for p in CALIBRATION_PATIENTS:
+    for p in load_split().calibration:
         if p in train_patients:
             return p
     if root is not None and entries:
@@ -80,47 +128,24 @@ def _pick_calibration(train_patients: Sequence[str], kind: str, root: Path | Non
     return sorted(train_patients)[-1]
 
 
-def _fold_training_pairs(root: Path, train_ids: Sequence[str], by_id: Mapping[str, Any],
-                         calib: str) -> tuple[list, list, list, list]:
-    """Load a fold's training cases: ``(cnn_pairs, dict_pairs, calib_cases, val_pairs)``.
-
-    Every case (and its augmented ULD) trains the CNN pair; the dictionary gets
-    every case but the calibration patient's, whose cases calibrate the blender
-    and monitor the CNN training.
-    """
-    from hybrid.cnn.sampler import TrainingPair
-    from hybrid.data import load_case
-
-    cnn_pairs, dict_pairs, calib_cases, val = [], [], [], []
-    for cid in train_ids:
-        case = load_case(_case_path(root, by_id[cid]))
-        for tag, uld in (("", case.uld.array), ("~aug", case.uld_aug)):
-            cnn_pairs.append(TrainingPair(uld, case.nd, case.lung_mask, case.body_mask, cid + tag))
-            if case.patient_id != calib:
-                dict_pairs.append((uld, case.nd, case.body_mask))
-        if case.patient_id == calib:
-            calib_cases.append(case)
-            val.append(TrainingPair(case.uld.array, case.nd, case.lung_mask, case.body_mask, cid))
-    return cnn_pairs, dict_pairs, calib_cases, val
-
-
 def train_fold_models(
     root: Path,
     kind: str,
     fold: Mapping[str, Any],
     entries: Sequence[Mapping[str, Any]],
     *,
-    budget: CVBudget,
-    seed: int,
+    config: RecipeConfig,
+    other_set: bool,
     threads: int | None,
     work: Path,
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Train the models of one leave-one-patient-out fold, without its test patient.
 
-    The CNN pair (the shipped configurations, ``budget``'s short training; the
-    calibration patient monitors it), a dictionary without the test and the
-    calibration patient, and the blender calibrated on the calibration patient
-    (nominal and other dose).
+    The one training recipe (:func:`hybrid.recipe.train_from_cases`) on the fold's
+    training cases, with the test patient held out and one calibration patient
+    (:func:`_pick_calibration`): the CNN pair (trained on every training case, monitored
+    on the calibration patient), a dictionary without the calibration patient, and the
+    blender calibrated on it.
 
     Parameters
     ----------
@@ -132,12 +157,14 @@ def train_fold_models(
         One fold of ``folds.json``: ``test_patient``, ``train`` and ``test`` case ids.
     entries : sequence of mapping
         The dataset's manifest entries.
-    budget : CVBudget
-    seed : int
+    config : hybrid.recipe.RecipeConfig
+        The recipe's settings (``load_config("cv")``: short budgets).
+    other_set : bool
+        Also train on the other set's cases (every patient but the test one).
     threads : int or None
         TensorFlow CPU threads.
     work : Path
-        Folder for the CNN training's logs and checkpoints.
+        Folder for the CNN training's logs and checkpoints (``work/cnn/<region>``).
 
     Returns
     -------
@@ -148,77 +175,63 @@ def train_fold_models(
         Set, test and calibration patient, training cases, timings, CNN
         validation RMSE, dictionary size and the blender's calibration.
     """
-    from hybrid.blend import calibrate
-    from hybrid.cnn import clear_session
-    from hybrid.cnn.train import train_pair
-    from hybrid.dictionary import DictionaryConfig, PatchDictionary
-    from hybrid.training import calibration_samples
+    from hybrid.data import load_case
+    from hybrid.recipe import Split, train_from_cases
 
     test_patient = fold["test_patient"][0]
     by_id = {e["case_id"]: e for e in entries}
     train_ids = [c for c in fold["train"]]
-    if budget.other_set:
+    if other_set:
         train_ids += [e["case_id"] for e in entries if e["kind"] != kind and e["patient_id"] != test_patient]
     train_patients = sorted({by_id[c]["patient_id"] for c in fold["train"]})
     calib = _pick_calibration(train_patients, kind, root, entries)
+    if all(by_id[c]["patient_id"] == calib for c in train_ids):
+        raise ValueError(f"Fold {test_patient}: expected a training case for the dictionary "
+                         f"besides the calibration patient {calib}; received only {calib}'s "
+                         f"cases {train_ids}. A fold needs at least two training patients.")
     info: dict[str, Any] = {"set": kind, "test_patient": test_patient, "calibration_patient": calib,
                             "train_cases": train_ids}
-    t0 = time.perf_counter()
-    cnn_pairs, dict_pairs, calib_cases, val = _fold_training_pairs(root, train_ids, by_id, calib)
-    if not dict_pairs:
-        raise ValueError(f"Fold {test_patient}: no training case left for the dictionary besides "
-                         f"the calibration patient {calib}.")
-    # 1. CNN pair: the shipped configurations, short budget; the calibration patient monitors
-    lung_cfg, body_cfg = _shipped_cnn_configs(budget.patch_sizes)
-    clear_session()
-    cnn, results = train_pair(
-        lung_cfg, body_cfg, cnn_pairs, out_dir=work / "cnn", save=False, val_pairs=val,
-        epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch, batch_size=budget.batch_size,
-        val_slices=budget.val_slices, val_patches=min(512, 64 * budget.batch_size),
-        patience=max(3, budget.epochs), seed=seed, threads=threads, tensorboard=False, verbose=0)
-    info["cnn_seconds"] = time.perf_counter() - t0
-    info["cnn_val_rmse_hu"] = {k: r.val_rmse_hu for k, r in results.items()}
-    # 2. dictionary without the test and the calibration patient
-    t = time.perf_counter()
-    cfg = DictionaryConfig(max_patches=budget.max_patches, n_heldout=budget.n_heldout, seed=seed)
-    dictionary = PatchDictionary.build(dict_pairs, config=cfg, name=f"cv-{test_patient}")
-    info["dictionary_seconds"] = time.perf_counter() - t
-    info["dictionary_entries"] = len(dictionary)
-    # 3. blender on the calibration patient (nominal and other dose)
-    t = time.perf_counter()
-    samples, _ = calibration_samples(calib_cases, cnn, dictionary, stride=budget.stride)
-    blender = calibrate(samples)
-    info["blender"] = {"modes": blender.info(), "calibration": blender.calibration}
-    info["blender_seconds"] = time.perf_counter() - t
-    return cnn, dictionary, blender, info
+    models = train_from_cases(
+        [load_case(_case_path(root, by_id[c])) for c in train_ids],
+        split=Split(held_out=(test_patient,), calibration=(calib,)), config=config,
+        work=work / "cnn", threads=threads, dictionary_name=f"cv-{test_patient}")
+    info["cnn_seconds"] = models.seconds["cnn"]
+    info["cnn_val_rmse_hu"] = {k: r.val_rmse_hu for k, r in models.training.items()}
+    info["dictionary_seconds"] = models.seconds["dictionary"]
+    info["dictionary_entries"] = len(models.dictionary)
+    info["blender"] = {"modes": models.blender.info(), "calibration": models.blender.calibration}
+    info["blender_seconds"] = models.seconds["blender"]
+    return models.cnn, models.dictionary, models.blender, info
 
 
 def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict[str, Any]], *,
-              budget: CVBudget, baselines: Sequence[str], work: Path, tune_cache: dict,
-              seed: int, threads: int | None, keep_example: bool) -> tuple[list[dict], dict, Any]:
+              config: RecipeConfig, cv: Mapping[str, Any], baselines: Sequence[str], work: Path,
+              tune_cache: dict, threads: int | None,
+              keep_example: bool) -> tuple[list[dict], dict, Any]:
     """Train the fold's models (:func:`train_fold_models`), tune the baselines, score every method."""
     from hybrid.data import load_case
     from hybrid.pipeline import Enhancer
 
     t0 = time.perf_counter()
-    cnn, dictionary, blender, info = train_fold_models(root, kind, fold, entries, budget=budget,
-                                                       seed=seed, threads=threads, work=work)
+    cnn, dictionary, blender, info = train_fold_models(
+        root, kind, fold, entries, config=config, other_set=cv["other_set"], threads=threads,
+        work=work)
     test_patient = info["test_patient"]
     by_id = {e["case_id"]: e for e in entries}
-    enhancer = Enhancer(cnn=cnn, dictionary=dictionary, blender=blender, stride=budget.stride)
+    enhancer = Enhancer(cnn=cnn, dictionary=dictionary, blender=blender, stride=config.blender.stride)
     # 4. score every method on the test patient
     rows, example = [], None
     for cid in fold["test"]:
         e = by_id[cid]
         tune_ids = tuple(default_tune_cases(root, cid, exclude_patients=[test_patient], strict=False))
-        key = ("+".join(tune_ids), budget.tune_slices)
+        key = ("+".join(tune_ids), cv["tune_slices"])
         if key not in tune_cache:
-            pairs, picked = _tune_pairs(root, tune_ids, budget.tune_slices)
+            pairs, picked = _tune_pairs(root, tune_ids, cv["tune_slices"])
             tune_cache[key] = {"slices": picked,
-                               "baselines": tune_baselines(pairs, list(baselines), grids=budget.grids)}
+                               "baselines": tune_baselines(pairs, list(baselines), grids=cv["grids"])}
         tuned = tune_cache[key]["baselines"]
         case = load_case(_case_path(root, e))
-        idx = central_slices(len(case.uld), budget.eval_slices)
+        idx = central_slices(len(case.uld), cv["eval_slices"])
         enh, maps = enhancer.enhance(case.uld, return_maps=True, progress=False)
         uld = case.uld.array[idx]
         nd, lung, body = case.nd[idx], case.lung_mask[idx], case.body_mask[idx]
@@ -260,8 +273,10 @@ def cross_validate(
     max_folds: int | Mapping[str, int] | None = None,
     test_patients: Sequence[str] | None = None,
     baselines: Sequence[str] = _CLASSICAL,
-    budget: CVBudget | None = None,
-    seed: int = 0,
+    settings: str | os.PathLike = "cv",
+    config: RecipeConfig | None = None,
+    cv: Mapping[str, Any] | None = None,
+    seed: int | None = None,
     threads: int | None = None,
     resume: bool = True,
     figures: bool = True,
@@ -269,16 +284,16 @@ def cross_validate(
 ) -> list[dict[str, Any]]:
     """Leave-one-patient-out cross-validation of the hybrid and the baselines.
 
-    For each fold of ``data_root/folds.json`` (per set): train a CNN pair with
-    the shipped configurations on the fold's training patients (budget
-    ``budget``), build a dictionary without the test patient and one
-    calibration patient (the shipped one when it is training, else the
-    training patient of the set with the most lung voxels), calibrate the
-    blender on that patient (:func:`train_fold_models`),
-    tune the baselines on training slices of the test case's kernel class
-    (tunings are shared between folds whose tuning cases coincide), and score
-    every method on the central ``budget.eval_slices`` slices of the test
-    patient's cases.
+    For each fold of ``data_root/folds.json`` (per set): run the one training
+    recipe (:func:`hybrid.recipe.train_from_cases`, settings ``config``) on the
+    fold's training patients: a CNN pair, a dictionary without the test patient
+    and one calibration patient (a calibration patient of the shipped split
+    when it is training, else the training patient of the set with the most
+    lung voxels), the blender calibrated on that patient
+    (:func:`train_fold_models`); tune the baselines on training slices of the
+    test case's kernel class (tunings are shared between folds whose tuning
+    cases coincide), and score every method on the central ``eval_slices``
+    slices (``cv`` settings) of the test patient's cases.
 
     Parameters
     ----------
@@ -295,9 +310,18 @@ def cross_validate(
     test_patients : sequence of str, optional
         Only the folds of these test patients.
     baselines : sequence of str
-    budget : CVBudget, optional
-        Default ``CVBudget()``; ``CVBudget.fast()`` for a smoke run.
-    seed : int
+    settings : str or path
+        A CV config file (``experiments/configs/<name>.json`` by name, or a path): its
+        ``recipe`` section trains the models, its ``cv`` section sets the tuning and
+        scoring (:func:`load_cv_settings`).  ``"cv"``: the full run (``make cv``);
+        ``"cv-fast"``: a smoke run (tiny budgets, numbers meaningless).
+    config : hybrid.recipe.RecipeConfig, optional
+        Replaces the file's ``recipe`` section, e.g.
+        ``load_config("cv-fast").with_cnn(patch_sizes=(16, 32))``.
+    cv : mapping, optional
+        Replaces keys of the file's ``cv`` section, e.g. ``{"eval_slices": 8}``.
+    seed : int, optional
+        Replaces the recipe's seed.
     threads : int, optional
         TensorFlow CPU threads.
     resume : bool
@@ -316,7 +340,10 @@ def cross_validate(
     list of dict
         The CSV rows (all folds in ``out``, old and new).
     """
-    budget = budget or CVBudget()
+    config = config if config is not None else load_config(settings)
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    cv = load_cv_settings(settings, cv)
     root, out = Path(data_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folds_path = root / "folds.json"
@@ -336,7 +363,7 @@ def cross_validate(
     try:
         rows, infos, example = _cv_loop(
             root, out, all_folds, entries, rows, infos, sets=sets, max_folds=max_folds,
-            test_patients=test_patients, baselines=baselines, budget=budget, seed=seed,
+            test_patients=test_patients, baselines=baselines, config=config, cv=cv,
             threads=threads, work=Path(work), csv_path=csv_path, info_path=info_path)
     finally:
         if tmp_work is not None:
@@ -346,7 +373,7 @@ def cross_validate(
         if example is not None:
             _example_figure(example, out / "cv_example.png")
     if rows:
-        _write_summary(out / "cv_summary.md", rows, infos, budget)
+        _write_summary(out / "cv_summary.md", rows, infos, _record(config, cv))
     return rows
 
 
@@ -365,8 +392,13 @@ def _run_fold_isolated(args: tuple, kwargs: dict) -> tuple:
         return pool.submit(_fold_worker, args, kwargs).result()
 
 
+def _record(config: RecipeConfig, cv: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a run as its fold log and summary record them."""
+    return {"recipe": config.to_dict(), "cv": dict(cv)}
+
+
 def _cv_loop(root, out, all_folds, entries, rows, infos, *, sets, max_folds, test_patients, baselines,
-             budget, seed, threads, work, csv_path, info_path):
+             config, cv, threads, work, csv_path, info_path):
     done = {(r["set"], r["patient"]) for r in rows}
     tune_cache: dict = {}
     example = None
@@ -387,15 +419,14 @@ def _cv_loop(root, out, all_folds, entries, rows, infos, *, sets, max_folds, tes
             # 21-fold run in one process grew to 24 GB and was killed at fold 18)
             new, info, ex, tune_cache = _run_fold_isolated(
                 (root, kind, fold, entries),
-                dict(budget=budget, baselines=baselines, work=work / f"{kind}-{p}",
-                     tune_cache=tune_cache, seed=seed, threads=threads,
-                     keep_example=example is None))
+                dict(config=config, cv=cv, baselines=baselines, work=work / f"{kind}-{p}",
+                     tune_cache=tune_cache, threads=threads, keep_example=example is None))
             example = example or ex
             rows = [r for r in rows if not (r["set"] == kind and r["patient"] == p)] + new
             infos = [i for i in infos if not (i["set"] == kind and i["test_patient"] == p)] + [info]
             _write_csv(csv_path, rows)
-            _write_info(info_path, infos, budget)
-            _write_summary(out / "cv_summary.md", rows, infos, budget)
+            _write_info(info_path, infos, _record(config, cv))
+            _write_summary(out / "cv_summary.md", rows, infos, _record(config, cv))
             log.info("fold %s/%s: %.0f s", kind, p, info["seconds"])
     return rows, infos, example
 

@@ -1,8 +1,9 @@
 """Held-out comparison: the shipped hybrid against tuned classical baselines, and its report.
 
 The shipped hybrid (CNN pair + dictionary + blender in ``hybrid/assets``,
-trained without the held-out patients, see :mod:`hybrid.training`) against the
-baselines of :mod:`hybrid.baselines` on the held-out patients.  Every
+trained without the held-out patients, see :mod:`hybrid.recipe`) against the
+baselines of :mod:`hybrid.baselines` on the held-out patients
+(``experiments/splits.json``).  Every
 baseline's parameters are tuned (:mod:`hybrid.evaluate.tuning`) on training
 cases of the same kind and kernel class, never on a held-out patient; every
 method is then scored on the same central slices of each held-out case.
@@ -40,7 +41,7 @@ __all__ = ["compare_on_heldout", "write_heldout_report"]
 def compare_on_heldout(
     data_root: str | os.PathLike = "data",
     *,
-    patients: Sequence[str] = ("P12", "A0001"),
+    patients: Sequence[str] | None = None,
     baselines: Sequence[str] = _CLASSICAL,
     tune_cases: Mapping[str, Sequence[str]] | None = None,
     tune_slices: int = 4,
@@ -57,7 +58,9 @@ def compare_on_heldout(
     data_root : path
         The paired dataset (``make data``).
     patients : sequence of str
-        Held-out patient ids; every case of each is scored (A0001: kernels B and L).
+        Held-out patient ids; every case of each is scored (e.g. both kernels of a real
+        patient).  Default: the held-out patients (``experiments/splits.json``,
+        :func:`hybrid.recipe.load_split`).
     baselines : sequence of str
         Names in :data:`hybrid.baselines.BASELINES` (``input`` is always scored).
     tune_cases : mapping, optional
@@ -90,6 +93,10 @@ def compare_on_heldout(
     """
     from hybrid.data import load_case
 
+    if patients is None:
+        from hybrid.recipe import load_split
+
+        patients = load_split().held_out_patients
     root = Path(data_root)
     entries = _entries(root)
     held = [e for e in entries if e["patient_id"] in set(patients)]
@@ -285,10 +292,13 @@ def write_heldout_report(result: Mapping[str, Any], out: str | os.PathLike) -> t
                          else "Columns where some baseline is better than the hybrid: "
                          + ", ".join(lost) + ".")]
         lines.append("")
+    sharp_real = [cid for cid, c in result["cases"].items()
+                  if c["kind"] == "real" and c["kernel"] == "sharp"]
     lines += ["## Tuned parameters", "",
               "Grid search with `hybrid.baselines.tune`, minimising body RMSE (HU) on central slices "
               "of training cases (never a held-out patient) of the same kernel class. There is no "
-              "real sharp-kernel training series, so the sharp class (A0001-L) is tuned on "
+              "real sharp-kernel training series, so the sharp class"
+              + (f" ({', '.join(sharp_real)})" if sharp_real else "") + " is tuned on "
               "sharp-kernel phantoms.", "",
               "| tuning set | kernel | slices | method | parameters | tuning RMSE HU | s/slice |",
               "|---|---|---|---|---|---:|---:|"]

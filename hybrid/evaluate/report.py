@@ -13,13 +13,11 @@ import csv
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.budget import CVBudget
 from hybrid.evaluate.scoring import _CLASSICAL, _LABELS, METHOD_ORDER
 
 __all__: list[str] = []
@@ -61,11 +59,12 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
                 w.writerow({k: r[k] for k in _CSV_FIELDS})
 
 
-def _write_info(path: Path, infos: list, budget: CVBudget) -> None:
+def _write_info(path: Path, infos: list, settings: Mapping[str, Any]) -> None:
+    """``cv_folds.json``: the run's ``settings`` (``{"recipe": ..., "cv": ...}``) and the folds."""
     from hybrid.io._atomic import atomic_file
 
     with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"budget": asdict(budget), "folds": infos}, indent=2,
+        tmp.write_text(json.dumps({"budget": settings, "folds": infos}, indent=2,
                                   default=_json_default) + "\n")
 
 
@@ -128,7 +127,9 @@ def _wins_table(pp: Mapping[tuple, float], kind: str, patients: Sequence[str]) -
     return lines
 
 
-def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list, budget: CVBudget) -> None:
+def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list,
+                   settings: Mapping[str, Any]) -> None:
+    """``cv_summary.md``; ``settings``: ``{"recipe": RecipeConfig.to_dict(), "cv": cv settings}``."""
     from hybrid.io._atomic import atomic_file
 
     pp = _per_patient(rows)
@@ -139,13 +140,16 @@ def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list, b
             if revs else "fold revisions not recorded")
     if revs and n_unrec:
         when += f" ({n_unrec} fold(s) not recorded)"
-    lines = ["# Leave-one-patient-out cross-validation", ""] + ([budget.note, ""] if budget.note else []) + [
+    cv = settings["cv"]
+    shown = {"recipe": settings["recipe"],
+             "cv": {k: v for k, v in cv.items() if k not in ("grids", "note")}}
+    lines = ["# Leave-one-patient-out cross-validation", ""] + ([cv["note"], ""] if cv["note"] else []) + [
              "Per fold: CNN pair (shipped configurations) trained without the test patient, dictionary "
              "without the test and the calibration patient, blender calibrated on the calibration patient, "
              "baselines tuned (body RMSE) on training slices of the test case's kernel class. "
-             f"Central {budget.eval_slices or 'all'} slices per test case; simulated 2 % dose. "
+             f"Central {cv['eval_slices'] or 'all'} slices per test case; simulated 2 % dose. "
              "Mean ± sd over test patients (a patient's cases averaged first). "
-             f"Budget: {json.dumps({k: v for k, v in asdict(budget).items() if k not in ('grids', 'note')})}. "
+             f"Settings: {json.dumps(shown)}. "
              f"Produced by `hybrid.evaluate.cross_validate` (`make cv`); {when}; summary written "
              f"at {_git_revision()} on {time.strftime('%Y-%m-%d', time.gmtime())}.", ""]
     for kind in sorted({r["set"] for r in rows}):

@@ -72,9 +72,9 @@ def default_tune_cases(
     """Training cases to tune the baselines for held-out case ``case_id``.
 
     Cases of the same kind (phantom / real) and kernel class, whose patient is
-    not in ``exclude_patients``; if there are none (the real sharp-kernel
-    series A0001-L is the only one of its class), cases of the same kernel
-    class of any kind (the sharp phantoms).  At most ``max_cases``, in
+    not in ``exclude_patients``; if there are none (the held-out real
+    patient's sharp-kernel series is the only real one of its class), cases
+    of the same kernel class of any kind (the sharp phantoms).  At most ``max_cases``, in
     manifest order.  With ``strict=False``, when no case of the kernel class
     is left, any training case of the same kind (then of any kind) is used
     instead of raising (small data sets in cross-validation).
