@@ -16,7 +16,6 @@ not recalibrated).  Times are per slice of the dictionary stage alone, on a shar
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -25,18 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = ("phantom/P12", "real/A0001-B", "real/A0001-L")
 
 
-def _variant(base, index_kind: str, params: str):
-    """A shallow copy of the dictionary searching another way over the same keys:
-    "ivf" = the stored IVF index, "hnswM" = an HNSW graph with M links (cpu_graph=M)."""
-    import dataclasses
+def _variant(path: str, index_kind: str, params: str):
+    """The dictionary at ``path`` searching another way over the same keys: "ivf" = the
+    stored IVF index, "hnswM" = an HNSW graph with M links (cpu_graph=M).  Loaded afresh
+    for each variant: search parameters live on the FAISS index, which copies share."""
+    from hybrid.dictionary import PatchDictionary
 
-    d = copy.copy(base)
-    d.meta = dict(base.meta)
-    d._search_index = None
-    graph = None if index_kind == "ivf" else int(index_kind[4:])
-    d.config = dataclasses.replace(base.config, cpu_graph=graph)
-    d.meta["search_params"] = params
-    d._apply_search_params(d._index)
+    d = PatchDictionary.load(path)
+    d.set_cpu_graph(None if index_kind == "ivf" else int(index_kind[4:]))
+    d.set_search_params(params)
     return d
 
 
@@ -85,14 +81,14 @@ def main() -> None:
     for stride, kind, params, k in settings:
         key = (kind, params)
         if key not in cache:
-            cache[key] = _variant(enh.dictionary, kind, params)
-        d = cache[key]
+            cache[key] = _variant(enh.sources["dictionary"], kind, params)
+        d = cache[key].with_settings(stride=stride, k=k)
         row = {"stride": stride, "index": kind, "params": params, "k": k}
         tot_t, tot_n = 0.0, 0
         for name, c, cnn in cases:
-            d.propose(c.uld.array[:1], body_mask=c.body_mask[:1], stride=stride, k=k)  # warm
+            d.propose(c.uld.array[:1], body_mask=c.body_mask[:1])  # warm
             t = time.perf_counter()
-            p = d.propose(c.uld.array, body_mask=c.body_mask, stride=stride, k=k)
+            p = d.propose(c.uld.array, body_mask=c.body_mask)
             tot_t += time.perf_counter() - t
             tot_n += len(c.nd)
             h = enh.blender.blend(cnn, p).image

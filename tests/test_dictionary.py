@@ -1,4 +1,4 @@
-"""PatchDictionary: build, persistence, search quality, proposals, errors."""
+"""PatchDictionary: build, persistence, search quality, settings, proposals, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-import hybrid.dictionary  # noqa: E402
+import hybrid.dictionary.index  # noqa: E402
 from hybrid import Volume  # noqa: E402
 from hybrid.dictionary import (  # noqa: E402
     FORMAT_VERSION,
@@ -105,8 +105,8 @@ def test_save_load_roundtrip_is_identical(dictionary, data, tmp_path):
     )
     assert loaded.factory == dictionary.factory and len(loaded) == len(dictionary)
     uld, _, body = data["test"]
-    a = dictionary.propose(uld, body_mask=body, stride=2, k=3)
-    b = loaded.propose(uld, body_mask=body, stride=2, k=3)
+    a = dictionary.with_settings(stride=2, k=3).propose(uld, body_mask=body)
+    b = loaded.with_settings(stride=2, k=3).propose(uld, body_mask=body)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
     with pytest.raises(FileExistsError):
@@ -137,7 +137,7 @@ def test_recall_against_exact_search(dictionary, data, monkeypatch):
     assert excess <= 0.01, excess  # 0.26 % seen; issue #5 allows 1 % where recall is traded
     # that second look matters: without it a few edge patches land in the wrong cluster
     with monkeypatch.context() as mp:
-        mp.setattr(hybrid.dictionary, "_RECHECK_DISTANCE", np.inf)
+        mp.setattr(hybrid.dictionary.index, "_RECHECK_DISTANCE", np.inf)
         _, excess_graph_only, _ = recall_and_excess()
     assert excess_graph_only > 0.02, excess_graph_only  # 14 % seen
     # queries go through the graph sorted by locality; each answer is the query's own
@@ -182,7 +182,7 @@ def test_patient_in_dictionary_is_reproduced_and_unseen_pattern_is_far(data):
 
 def test_proposal_denoises_new_patient(dictionary, data):
     uld, nd, body = data["test"]
-    p = dictionary.propose(Volume(uld, (2.5, 0.7, 0.7)), body_mask=body, stride=2, k=4)
+    p = dictionary.with_settings(stride=2, k=4).propose(Volume(uld, (2.5, 0.7, 0.7)), body_mask=body)
     assert isinstance(p, Proposal) and p.name == "dictionary"
     assert p.image.shape == uld.shape and p.image.dtype == np.float32
     before, after = _rmse(uld, nd, body), _rmse(p.image, nd, body)
@@ -195,14 +195,80 @@ def test_proposal_denoises_new_patient(dictionary, data):
 
 def test_slice_input_batches_and_k(dictionary, data):
     uld, _, body = data["test"]
-    whole = dictionary.propose(uld, body_mask=body, stride=3)
-    small = dictionary.propose(uld, body_mask=body, stride=3, batch_patches=100)
+    d3 = dictionary.with_settings(stride=3)
+    whole = d3.propose(uld, body_mask=body)
+    small = d3.with_settings(batch_patches=100).propose(uld, body_mask=body)
     np.testing.assert_array_equal(whole.image, small.image)
-    one = dictionary.propose(uld[1], body_mask=body[1], stride=3)
+    one = d3.propose(uld[1], body_mask=body[1])
     assert one.image.shape == uld[1].shape
     np.testing.assert_allclose(one.image, whole.image[1], atol=1e-3)
-    no_mask = dictionary.propose(uld[0], stride=3, k=2, bandwidth=np.inf)
+    no_mask = d3.with_settings(k=2, bandwidth=np.inf).propose(uld[0])
     assert np.isfinite(no_mask.image).all() and np.isfinite(no_mask.uncertainty).all()
+
+
+def test_slice_equals_one_slice_volume(dictionary, data):
+    # the proposer contract: a 2-D slice gives the same image as a one-slice volume
+    uld, _, body = data["test"]
+    d = dictionary.with_settings(stride=(2, 3), k=3)
+    flat = d.propose(uld[0], body_mask=body[0])
+    vol = d.propose(uld[:1], body_mask=body[:1])
+    assert flat.image.shape == uld[0].shape and vol.image.shape == uld[:1].shape
+    np.testing.assert_array_equal(flat.image, vol.image[0])
+    np.testing.assert_array_equal(flat.uncertainty, vol.uncertainty[0])
+    # lung_mask is accepted (the contract) and changes nothing
+    lung = d.propose(uld[0], body_mask=body[0], lung_mask=np.zeros_like(body[0]))
+    np.testing.assert_array_equal(lung.image, flat.image)
+
+
+def test_with_settings_copy_shares_the_index(dictionary, data):
+    uld, _, body = data["test"]
+    before = repr(dictionary)
+    d = dictionary.with_settings(stride=(2, 3), k=2, bandwidth=0.5, batch_patches=1000,
+                                 fill_distance=9.0)
+    # a cheap copy: the same index, search graph and payload objects
+    assert d._index is dictionary._index and d._payload is dictionary._payload
+    assert d.values is dictionary.values and d.meta is dictionary.meta
+    assert (d.stride, d.k, d.bandwidth, d.batch_patches, d.fill_distance) == ((2, 3), 2, 0.5,
+                                                                               1000, 9.0)
+    # the original keeps today's defaults
+    assert (dictionary.stride, dictionary.k, dictionary.bandwidth, dictionary.batch_patches,
+            dictionary.fill_distance) == (1, 1, 1.0, 1 << 19, np.inf)
+    assert repr(dictionary) == before and "stride=(2, 3)" in repr(d) and "k=2" in repr(d)
+    p = d.propose(uld, body_mask=body)
+    assert (p.uncertainty[~body] == 9.0).all()
+    with pytest.raises(AttributeError):
+        d.stride = 3  # settings are read-only: with_settings makes the copy
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"strides": 2}, r"Unknown dictionary setting.*'strides'.*stride, k, bandwidth, "
+                         r"batch_patches, fill_distance"),
+        ({"stride": 8}, r"`stride`.*\[1, 7\]"),
+        ({"stride": (2, 0)}, "`stride`"),
+        ({"k": 0}, "`k`.*positive integer"),
+        ({"k": 1.5}, "`k`"),
+        ({"bandwidth": 0}, "`bandwidth`.*positive"),
+        ({"bandwidth": "1"}, "`bandwidth`"),
+        ({"batch_patches": 0}, "`batch_patches`.*positive integer"),
+        ({"fill_distance": float("nan")}, "`fill_distance`.*not NaN"),
+    ],
+)
+def test_with_settings_rejects_invalid(dictionary, settings, match):
+    with pytest.raises(ValueError, match=match):
+        dictionary.with_settings(**settings)
+    assert dictionary.stride == 1 and dictionary.k == 1  # unchanged
+
+
+def test_per_call_options_are_deprecated(dictionary, data):
+    uld, _, body = data["test"]
+    with pytest.warns(DeprecationWarning, match=r"with_settings\(stride=...\)"):
+        old = dictionary.propose(uld, body_mask=body, stride=3)
+    new = dictionary.with_settings(stride=3).propose(uld, body_mask=body)
+    np.testing.assert_array_equal(old.image, new.image)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        dictionary.propose(uld, strid=3)
 
 
 def test_metadata_mismatch_is_refused(dictionary, tmp_path):
@@ -243,10 +309,6 @@ def test_bad_input_errors(dictionary, data):
         dictionary.propose(bad)
     with pytest.raises(ValueError, match="body_mask of shape"):
         dictionary.propose(uld, body_mask=body[:, :10])
-    with pytest.raises(ValueError, match="stride"):
-        dictionary.propose(uld, stride=8)
-    with pytest.raises(ValueError, match="`k`"):
-        dictionary.propose(uld, k=0)
     with pytest.raises(ValueError, match="same shape"):
         PatchDictionary.build([(uld, nd[:, :50], None)])
     with pytest.raises(ValueError, match=r"tuple \(uld, nd, body_mask\)"):
@@ -283,11 +345,38 @@ def test_gpu_search_matches_cpu(dictionary, data, tmp_path):
 def test_rectangular_query_grid(dictionary, data):
     # stride (2, 3): a third fewer queries than stride 2; every body pixel still restored
     uld, nd, body = data["test"]
-    p2 = dictionary.propose(uld, body_mask=body, stride=2)
-    p23 = dictionary.propose(uld, body_mask=body, stride=(2, 3))
+    p2 = dictionary.with_settings(stride=2).propose(uld, body_mask=body)
+    p23 = dictionary.with_settings(stride=(2, 3)).propose(uld, body_mask=body)
     before, r2, r23 = _rmse(uld, nd, body), _rmse(p2.image, nd, body), _rmse(p23.image, nd, body)
     assert r23 < 0.75 * before, (before, r23)  # 40.3 -> 23.7 HU seen
     assert r23 < 1.15 * r2, (r2, r23)  # 21.8 vs 23.7 HU seen: coarser grid, fewer overlaps
     assert np.isfinite(p23.uncertainty[body]).all()
     with pytest.raises(ValueError, match="stride"):
-        dictionary.propose(uld, body_mask=body, stride=(2, 8))
+        dictionary.with_settings(stride=(2, 8))
+
+
+def test_set_search_threads():
+    previous = faiss.omp_get_max_threads()
+    try:
+        hybrid.dictionary.set_search_threads(1)
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(previous)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            hybrid.dictionary.set_search_threads(bad)
+
+
+def test_shipped_dictionary_loads_unchanged():
+    from hybrid.artifacts import default_asset_paths
+
+    path = default_asset_paths()["dictionary"]
+    if not path.is_dir():
+        pytest.skip(f"shipped dictionary absent ({path})")
+    d = PatchDictionary.load(path, device="cpu")  # SHA-256 of index.faiss and payload.h5 checked
+    assert len(d) == d.meta["counts"]["entries"] and d.factory == d.meta["factory"]
+    assert d.values.shape == (len(d), 49) and d.projection.shape == (49, d.meta["key_dim"])
+    d.set_cpu_graph(None)  # the stored index: no graph to build in a test
+    uld = np.random.default_rng(1).normal(40.0, SIGMA, (32, 32)).astype(np.float32)
+    p = d.with_settings(stride=(2, 3)).propose(uld)
+    assert p.image.shape == uld.shape and np.isfinite(p.uncertainty).all()
