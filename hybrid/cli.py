@@ -105,7 +105,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                 "remove it, or pass --overwrite."
             )
     vol = load(src, series_uid=args.series)
-    enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender)
+    enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender,
+                        allow_uncalibrated=args.allow_uncalibrated)
     t0 = time.perf_counter()
     res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=args.maps,
                            progress=not args.no_progress)
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument("--dictionary", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument("--blender", type=Path, metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--allow-uncalibrated", action="store_true",
+                   help="run models the blender was not calibrated with (experiments only)")
     p.set_defaults(func=_cmd_enhance)
 
     from hybrid.data import add_cli as add_data_cli

@@ -98,7 +98,8 @@ def test_helmert_keys_ignore_level():
 
 def test_save_load_roundtrip_is_identical(dictionary, data, tmp_path):
     path = dictionary.save(tmp_path / "dictionaries" / "test")
-    assert sorted(p.name for p in path.iterdir()) == ["index.faiss", "meta.json", "payload.h5"]
+    assert sorted(p.name for p in path.iterdir()) == ["index.faiss", "manifest.json", "meta.json",
+                                                       "payload.h5"]
     assert [p.name for p in path.parent.iterdir()] == ["test"]  # no temp folder left behind
     loaded = PatchDictionary.load(
         path, expect={"patch_size": 7, "normalisation": {"hu_scale": 100.0}}
@@ -109,6 +110,12 @@ def test_save_load_roundtrip_is_identical(dictionary, data, tmp_path):
     b = loaded.with_settings(stride=2, k=3).propose(uld, body_mask=body)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+    # the one manifest scheme: same digest saved and loaded, and a changed file is refused
+    assert loaded.digest == dictionary.digest and len(loaded.digest) == 64
+    with open(path / "index.faiss", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ValueError, match="index.faiss"):
+        PatchDictionary.load(path)
     with pytest.raises(FileExistsError):
         dictionary.save(path)
     dictionary.save(path, overwrite=True)
@@ -261,16 +268,6 @@ def test_with_settings_rejects_invalid(dictionary, settings, match):
     assert dictionary.stride == 1 and dictionary.k == 1  # unchanged
 
 
-def test_per_call_options_are_deprecated(dictionary, data):
-    uld, _, body = data["test"]
-    with pytest.warns(DeprecationWarning, match=r"with_settings\(stride=...\)"):
-        old = dictionary.propose(uld, body_mask=body, stride=3)
-    new = dictionary.with_settings(stride=3).propose(uld, body_mask=body)
-    np.testing.assert_array_equal(old.image, new.image)
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        dictionary.propose(uld, strid=3)
-
-
 def test_metadata_mismatch_is_refused(dictionary, tmp_path):
     path = dictionary.save(tmp_path / "d")
     with pytest.raises(DictionaryMismatchError, match="patch_size: stored 7, expected 5"):
@@ -307,9 +304,9 @@ def test_bad_input_errors(dictionary, data):
     bad[0, 5, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         dictionary.propose(bad)
-    with pytest.raises(ValueError, match="body_mask of shape"):
+    with pytest.raises(ValueError, match="`body_mask` of the image.s shape"):
         dictionary.propose(uld, body_mask=body[:, :10])
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="one shape"):
         PatchDictionary.build([(uld, nd[:, :50], None)])
     with pytest.raises(ValueError, match=r"tuple \(uld, nd, body_mask\)"):
         PatchDictionary.build([(uld, nd)])

@@ -218,3 +218,39 @@ def test_shipped_defaults_enhance_a_phantom_slice():
     out = hybrid.enhance(low, progress=False)
     assert out.shape == low.shape
     assert rmse(out, nd, mask=ph.body_mask) < rmse(low, nd, mask=ph.body_mask)
+
+
+def test_models_the_blender_was_not_calibrated_with_are_refused(small_assets, tmp_path):
+    from hybrid.blend import Blender
+
+    pair, dic, blender = small_assets
+    saved = pair.save(tmp_path / "cnn")
+    from hybrid.cnn.infer import CNNPair
+
+    cnn = CNNPair.load(saved)
+    assert cnn.digest and len(cnn.digest) == 64
+    right = Blender(blender.modes, calibrated_with={"cnn": cnn.digest})
+    assert hybrid.Enhancer(cnn, dic, right).calibration_check == "matched"
+    wrong = Blender(blender.modes, calibrated_with={"cnn": "0" * 64})
+    with pytest.raises(ValueError, match="calibrated with.*allow_uncalibrated=True"):
+        hybrid.Enhancer(cnn, dic, wrong)
+    enh = hybrid.Enhancer(cnn, dic, wrong, allow_uncalibrated=True)
+    assert enh.calibration_check == "mismatch allowed"
+    # a blender that records no digests (calibrated in memory) constrains nothing
+    assert hybrid.Enhancer(cnn, dic, blender).calibration_check == "not recorded"
+
+
+def test_the_shipped_blender_names_the_shipped_models():
+    from hybrid.blend import Blender
+    from hybrid.pipeline import default_asset_paths
+
+    paths = default_asset_paths()
+    if not all(p.exists() for p in paths.values()):
+        pytest.skip("shipped default models absent; run `make train dictionary calibrate`")
+    from hybrid.artifacts import read_manifest
+
+    want = Blender.load(paths["blender"]).calibrated_with
+    assert want["cnn"] == read_manifest(paths["cnn"], format="hybrid.cnn.CNNPair",
+                                        max_version=1)["digest"]
+    assert want["dictionary"] == read_manifest(
+        paths["dictionary"], format="hybrid.dictionary.PatchDictionary", max_version=1)["digest"]

@@ -84,6 +84,7 @@ from typing import Any
 import numpy as np
 
 from hybrid._parallel import available_cores
+from hybrid.artifacts import digest as artifact_digest
 from hybrid.dictionary import build as _build
 from hybrid.dictionary import store as _store
 from hybrid.dictionary.config import (
@@ -114,23 +115,6 @@ __all__ = [
 
 
 
-def _legacy_settings(legacy: dict[str, Any]) -> dict[str, Any]:
-    """Per-call options of ``propose`` from before they became settings: warned, passed on."""
-    unknown = sorted(set(legacy) - set(QuerySettings.names()))
-    if unknown:
-        raise TypeError(
-            f"PatchDictionary.propose() got unexpected keyword argument(s) {unknown}. "
-            f"Settings ({', '.join(QuerySettings.names())}) go to with_settings(...)."
-        )
-    import warnings
-
-    warnings.warn(
-        f"Passing {', '.join(sorted(legacy))} to PatchDictionary.propose is deprecated; use "
-        f"d.with_settings({', '.join(f'{k}=...' for k in sorted(legacy))}).propose(...).",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return legacy
 
 
 class PatchDictionary:
@@ -195,6 +179,17 @@ class PatchDictionary:
     factory = property(lambda self: self.meta["factory"],
                        doc="The FAISS factory string of the index (resolved, as stored).")
     patch_size = property(lambda self: self.config.patch_size)
+
+    #: the proposer contract (hybrid.proposal): its name, and the input returned outside the body
+    name = "dictionary"
+    outside_body = "input"
+
+    @property
+    def digest(self) -> str | None:
+        """The artifact digest (:func:`hybrid.artifacts.digest` of its data files) once saved
+        or loaded; None for a dictionary only built in memory."""
+        files = self.meta.get("files")
+        return artifact_digest(files) if files else None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -395,8 +390,7 @@ class PatchDictionary:
 
     # ------------------------------------------------------------------ propose
 
-    def propose(self, volume: Any, *, lung_mask: Any = None, body_mask: Any = None,
-                **legacy: Any) -> Proposal:
+    def propose(self, volume: Any, *, lung_mask: Any = None, body_mask: Any = None) -> Proposal:
         """Restore a slice or a volume from the dictionary, with this dictionary's settings.
 
         Parameters
@@ -409,10 +403,6 @@ class PatchDictionary:
             ignored: the dictionary treats lung and body alike.
         body_mask : ndarray of bool, same shape, optional
             Pixels to restore (default: all).  Outside it the input is returned.
-        **legacy
-            ``stride``, ``k``, ``bandwidth``, ``batch_patches`` or
-            ``fill_distance`` per call, as before they became settings:
-            deprecated, the same as ``self.with_settings(**legacy).propose(...)``.
 
         Returns
         -------
@@ -424,9 +414,6 @@ class PatchDictionary:
             the dictionary has not seen; ``fill_distance`` (inf) outside the
             body, so a blender's weight there is 0.  ``name``: "dictionary".
         """
-        if legacy:
-            return self.with_settings(**_legacy_settings(legacy)).propose(
-                volume, body_mask=body_mask)
         return propose(volume, body_mask, settings=self._settings, index=self._index,
                        payload=self._payload, patch_size=self.patch_size,
                        n_threads=self.n_threads)

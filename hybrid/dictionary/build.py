@@ -16,8 +16,6 @@ from hybrid.dictionary.config import (
     FORMAT_VERSION,
     NORMALISATION,
     DictionaryConfig,
-    as_mask,
-    as_stack,
     helmert_basis,
 )
 from hybrid.dictionary.index import (
@@ -29,40 +27,11 @@ from hybrid.dictionary.index import (
 )
 from hybrid.dictionary.store import Payload
 from hybrid.patches import extract_patches, grid_centers
+from hybrid.volume import check_pairs
 
-__all__ = ["build", "check_pairs"]
+__all__ = ["build"]
 
 Pairs = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-
-
-def check_pairs(pairs: Any) -> Pairs:
-    """``pairs`` as a list of (uld, nd, body_mask) (z, y, x) arrays, with clear errors."""
-    if isinstance(pairs, tuple) and len(pairs) == 3 and not isinstance(pairs[0], tuple):
-        pairs = [pairs]
-    try:
-        items = list(pairs)
-    except TypeError as exc:
-        raise ValueError(
-            f"Expected a list of (uld, nd, body_mask) tuples; received {type(pairs).__name__}."
-        ) from exc
-    if not items:
-        raise ValueError("Expected at least one (uld, nd, body_mask) tuple; received none.")
-    out = []
-    for i, item in enumerate(items):
-        if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise ValueError(
-                f"Expected pair {i} as a tuple (uld, nd, body_mask); received {type(item).__name__}"
-                f"{' of length ' + str(len(item)) if isinstance(item, (tuple, list)) else ''}. "
-                "Use None as body_mask for whole images."
-            )
-        uld = as_stack(item[0], f"uld of pair {i}")
-        nd = as_stack(item[1], f"nd of pair {i}")
-        if uld.shape != nd.shape:
-            raise ValueError(
-                f"Expected uld and nd of pair {i} with the same shape; received {uld.shape} and {nd.shape}."
-            )
-        out.append((uld, nd, as_mask(item[2], uld.shape, f"body_mask of pair {i}")))
-    return out
 
 
 # --------------------------------------------------------------------------- sampling

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from hybrid.patches import check_patch_size
-from hybrid.volume import Volume, as_bool_mask, as_hu_array
 
 __all__ = [
     "DictionaryConfig",
@@ -188,30 +187,3 @@ def positive_int(value: Any, name: str, what: str = "") -> int:
     return int(value)
 
 
-def as_stack(x: Any, name: str) -> np.ndarray:
-    """``x`` (a Volume, or an HU array (y, x) or (z, y, x)) as a finite float32 (z, y, x) array."""
-    arr = x.array if isinstance(x, Volume) else as_hu_array(x, name=name)
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if arr.ndim != 3:
-        raise ValueError(
-            f"Expected {name} as a 2-D slice (y, x) or a 3-D volume (z, y, x); received shape "
-            f"{arr.shape} (rank {arr.ndim}). Pass a hybrid.Volume or an array with axes (z, y, x)."
-        )
-    if min(arr.shape) < 1:
-        raise ValueError(f"Expected a non-empty {name}; received shape {arr.shape}.")
-    return arr
-
-
-def as_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """``mask`` as a bool array of the (z, y, x) ``shape`` (a 2-D one is lifted); None: all True."""
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    m = as_bool_mask(mask.array if isinstance(mask, Volume) else mask, name=name)
-    if m.ndim == 2 and len(shape) == 3:
-        m = m[np.newaxis]
-    if m.shape != tuple(shape):
-        raise ValueError(
-            f"Expected {name} of shape {tuple(shape)} (the image's); received {m.shape}."
-        )
-    return m

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from hybrid._parallel import thread_map
-from hybrid.dictionary.config import as_mask, as_stack, positive_int
+from hybrid.dictionary.config import positive_int
 from hybrid.dictionary.index import DictionaryIndex
 from hybrid.dictionary.store import Payload
 from hybrid.patches import check_stride, extract_patches, grid_centers, overlap_add
 from hybrid.proposal import Proposal
-from hybrid.volume import Volume
+from hybrid.volume import Volume, as_mask, as_stack
 
 __all__ = ["QuerySettings", "propose"]
 
@@ -105,9 +105,9 @@ def propose(
     n_threads: int | None,
 ) -> Proposal:
     """The dictionary's proposal for ``volume`` (see ``PatchDictionary.propose``)."""
-    stack = as_stack(volume, "volume")
+    stack, _ = as_stack(volume, name="volume")
     squeeze = not isinstance(volume, Volume) and np.ndim(volume) == 2
-    mask = as_mask(body_mask, stack.shape, "body_mask")
+    mask = as_mask(body_mask, stack.shape, name="body_mask", fill=True)
     out = stack.copy()
     dist_out = np.full(stack.shape, settings.fill_distance, dtype=np.float32)
 

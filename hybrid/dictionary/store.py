@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.artifacts import MANIFEST_FILE, read_manifest, write_manifest
 from hybrid.dictionary.config import (
     FORMAT_VERSION,
     INDEX_FILE,
@@ -68,6 +69,10 @@ class Payload:
         return self._derived["proj_mean"]
 
 
+#: The artifact format of a dictionary folder (its manifest.json, hybrid.artifacts).
+ARTIFACT_FORMAT = "hybrid.dictionary.PatchDictionary"
+
+
 def write(path: str | os.PathLike, index: Any, payload: Payload, meta: Mapping[str, Any], *,
           overwrite: bool = False) -> dict[str, str]:
     """Write the folder ``path`` atomically; returns the SHA-256 of its two data files
@@ -88,6 +93,9 @@ def write(path: str | os.PathLike, index: Any, payload: Payload, meta: Mapping[s
         files = {name: sha256_file(tmp / name) for name in (INDEX_FILE, PAYLOAD_FILE)}
         out = dict(meta, files=files)
         (tmp / META_FILE).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp, format=ARTIFACT_FORMAT, version=FORMAT_VERSION,
+                       files=(INDEX_FILE, PAYLOAD_FILE), config=meta.get("config"),
+                       data_manifest=meta.get("source"))
     return files
 
 
@@ -113,6 +121,8 @@ def read(path: str | os.PathLike, *, expect: Mapping[str, Any] | None = None,
                     f"Dictionary file {path / fname} does not match the SHA-256 in {meta_path} "
                     "(changed or corrupt). Rebuild or re-copy the dictionary folder."
                 )
+    if verify and (path / MANIFEST_FILE).is_file():  # folders saved before manifests have none
+        read_manifest(path, format=ARTIFACT_FORMAT, max_version=FORMAT_VERSION)
     index = faiss.read_index(str(path / INDEX_FILE))
     arrays, _ = read_arrays(path / PAYLOAD_FILE, _ARRAYS, require=_ARRAYS)
     payload = Payload(**arrays)
