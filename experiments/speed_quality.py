@@ -1,8 +1,8 @@
 """Dictionary search settings: speed against quality on held-out patients (issue #5/#8 evidence).
 
 For each setting (query stride, index, search parameters) this measures, on
-the held-out cases' central slices (P12, A0001-B, A0001-L; never in the
-shipped dictionary, CNN or calibration): seconds per slice of
+the held-out cases' central slices (the held-out patients of
+experiments/splits.json; never in the shipped dictionary, CNN or calibration): seconds per slice of
 ``PatchDictionary.propose`` and the body RMSE (HU) of the dictionary
 proposal and of the blended hybrid (CNN proposal computed once per case).
 The CNN, masks and blender are the shipped ones; only the dictionary search
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("phantom/P12", "real/A0001-B", "real/A0001-L")
 
 
 def _variant(path: str, index_kind: str, params: str):
@@ -43,23 +42,21 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="settings as stride:index:params:k")
     args = ap.parse_args()
 
-    from hybrid.data import load_case
+    from hybrid.data import iter_cases, load_case
     from hybrid.metrics import rmse
     from hybrid.pipeline import Enhancer
+    from hybrid.recipe import load_split
 
     enh = Enhancer()
+    held_out = set(load_split().held_out_patients)
     cases = []
-    for name in CASES:
-        path = Path(args.data) / f"{name}.h5"
-        if not path.exists():
+    for entry, path in iter_cases(args.data):
+        if entry["patient_id"] not in held_out:
             continue
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            nz = f["nd"].shape[0]
-        mid = nz // 2
+        name = f"{entry['kind']}/{entry['case_id']}"
+        mid = len(load_case(path).nd) // 2
         c = load_case(path, slices=slice(mid - args.slices // 2, mid - args.slices // 2 + args.slices))
-        cnn = enh.cnn.propose(c.uld.array, c.lung_mask)
+        cnn = enh.cnn.propose(c.uld.array, lung_mask=c.lung_mask)
         cases.append((name, c, cnn))
 
     settings = [  # (stride, index, search params, k): "ivf" = the stored IVF2048,Flat index

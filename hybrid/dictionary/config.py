@@ -60,8 +60,9 @@ class DictionaryConfig:
         ``"nprobe=16"`` or ``"nprobe=8,k_factor_rf=8"``; entries the index
         does not know are skipped.
     max_patches : int
-        Size of the dictionary (entries).  The default index with float16
-        values stays well inside the 40 MB budget on disk.
+        Size of the dictionary (entries).  The default (200 000) is the shipped
+        dictionary's (``experiments/configs/shipped.json`` keeps every
+        DictionaryConfig default); it stays inside the 40 MB budget on disk.
     train_stride : int
         Grid step of the candidate patch centres inside the body.
     hu_bands : tuple of float
@@ -95,7 +96,7 @@ class DictionaryConfig:
     pca_dim: int | None = 16
     factory: str = "IVF{nlist},Flat"
     search_params: str = "nprobe=16,efSearch=10"
-    max_patches: int = 150_000
+    max_patches: int = 200_000
     train_stride: int = 1
     hu_bands: tuple[float, ...] = (-900.0, -500.0, -150.0, 150.0, 400.0)
     std_bins: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0, 200.0)
