@@ -9,13 +9,11 @@ written as a ranked table::
     experiments/results/variants.csv
     experiments/results/variants.md
 
-Split (fixed, patient-level, from ``data/manifest.json``)
-    train:      phantom P01-P09 and every real patient except the validation and
-                held-out ones
-    validation: phantom P10 and real patient ``pancreas``
-    unused:     the held-out patients of the shipped model and ``search_unused``
-                (``experiments/splits.json``), so that the README's held-out numbers
-                never saw the search.
+Split (fixed, patient-level; every list in ``experiments/splits.json``)
+    train:      every patient but the validation, held-out and unused ones
+    validation: ``search_validation``
+    unused:     the held-out patients of the shipped model and ``search_unused``,
+                so that the README's held-out numbers never saw the search.
 Every training case gives two :class:`~hybrid.cnn.TrainingPair`: its nominal ULD (2 %)
 and its ``uld_aug`` copy (random dose 1-10 %), both with the ND target.  Validation
 uses the nominal ULD only (what evaluation uses).
@@ -65,8 +63,6 @@ from hybrid.cnn.sampler import TrainingPair  # noqa: E402
 VARIANTS_DIR = REPO / "experiments" / "variants"
 RESULTS_DIR = REPO / "experiments" / "results"
 
-TRAIN_PHANTOM = [f"P{i:02d}" for i in range(1, 10)]
-VAL_PATIENTS = ["P10", "pancreas"]
 
 #: Speed target of the pair: 150 ms per 512 x 512 slice on 2 threads.  The body model
 #: runs on the whole slice; the lung model only on the lung crop (typically about half
@@ -123,15 +119,15 @@ def load_split(data_root: Path) -> tuple[list[TrainingPair], list[TrainingPair],
     from hybrid.data import iter_cases, load_case
     from hybrid.recipe import load_split as read_split
 
-    excluded = set(read_split().search_excluded)  # never used by the search
+    split = read_split()  # experiments/splits.json: the only patient lists
+    excluded = set(split.search_excluded)  # never used by the search
+    validation = set(split.search_validation)  # trained on: everyone else
     train, val, info = [], [], {"train_cases": [], "val_cases": []}
     for entry, path in iter_cases(data_root):
         pid = entry["patient_id"]
         if pid in excluded:
             continue
-        is_val = pid in VAL_PATIENTS
-        if entry["kind"] == "phantom" and not is_val and pid not in TRAIN_PHANTOM:
-            continue
+        is_val = pid in validation
         case = load_case(path)
         nd = np.asarray(case.nd, np.float32)
         uld = np.asarray(case.uld.array, np.float32)

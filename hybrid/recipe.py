@@ -108,11 +108,14 @@ class Split:
     search_unused : sequence of str
         Also kept out of the CNN variant search (``experiments/search.py``), besides the
         held-out patients.
+    search_validation : sequence of str
+        The CNN variant search's validation patients (it trains on the rest).
     """
 
     held_out: Mapping[str, tuple[str, ...]]
     calibration: tuple[str, ...]
     search_unused: tuple[str, ...] = ()
+    search_validation: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         held = self.held_out
@@ -123,6 +126,8 @@ class Split:
         object.__setattr__(self, "held_out", {k: _ids(v, "held_out") for k, v in held.items()})
         object.__setattr__(self, "calibration", _ids(self.calibration, "calibration"))
         object.__setattr__(self, "search_unused", _ids(self.search_unused, "search_unused"))
+        object.__setattr__(self, "search_validation",
+                           _ids(self.search_validation, "search_validation"))
         both = sorted(set(self.held_out_patients) & set(self.calibration))
         if both:
             raise ValueError(f"Expected disjoint held-out and calibration patients; {both} are in "
@@ -141,7 +146,8 @@ class Split:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (the layout of ``experiments/splits.json``)."""
         return {"held_out": {k: list(v) for k, v in self.held_out.items()},
-                "calibration": list(self.calibration), "search_unused": list(self.search_unused)}
+                "calibration": list(self.calibration), "search_unused": list(self.search_unused),
+                "search_validation": list(self.search_validation)}
 
 
 def _ids(value: Any, name: str) -> tuple[str, ...]:
@@ -164,7 +170,7 @@ def load_split(path: str | os.PathLike | None = None) -> Split:
     p = Path(path) if path is not None else SPLITS_FILE
     data = _read_json(p, "split file")
     data = {k: v for k, v in data.items() if k != "description"} if isinstance(data, dict) else data
-    return Split(**_strict(data, Split, f"the split file {p}", optional=("search_unused",)))
+    return Split(**_strict(data, Split, f"the split file {p}", optional=("search_unused", "search_validation")))
 
 
 # ---------------------------------------------------------------- the config
