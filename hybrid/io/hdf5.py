@@ -27,15 +27,19 @@ FORMAT = "hybrid-volume"
 VERSION = 1
 
 
-def read_hdf5(path: str | os.PathLike, *, dataset: str = "volume") -> Volume:
+def _open(path: Path):
+    """``path`` opened read-only with h5py, or a clear error."""
     import h5py
 
-    path = Path(path)
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
         raise ValueError(f"Expected a readable HDF5 file; {path} failed to open: {exc}") from exc
-    with f:
+
+
+def read_hdf5(path: str | os.PathLike, *, dataset: str = "volume") -> Volume:
+    path = Path(path)
+    with _open(path) as f:
         if dataset not in f:
             raise ValueError(
                 f"Expected a dataset '/{dataset}' in {path} (hybrid HDF5 layout); "
@@ -159,14 +163,8 @@ def read_arrays(
     names that must be present (ValueError naming the missing ones otherwise).
     Returns ``(arrays, attrs)``; string attributes are returned as str.
     """
-    import h5py
-
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"Expected a readable HDF5 file; {path} failed to open: {exc}") from exc
-    with f:
+    with _open(path) as f:
         missing = [k for k in require if k not in f and k not in f.attrs]
         if missing:
             raise ValueError(f"Expected {', '.join(require)} in {path}; missing {missing}.")
