@@ -10,8 +10,9 @@ import numpy as np
 
 __all__ = ["KERNELS", "convert_kernel", "kernel_for"]
 
-#: Reconstruction kernels of :meth:`Projector.fbp`.
-KERNELS = ("smooth", "standard", "sharp")
+#: Reconstruction kernels of :meth:`Projector.fbp` ("ramp" was added last so that
+#: the first three keep their positions).
+KERNELS = ("smooth", "standard", "sharp", "ramp")
 
 _SHARP_NAMES = ("LUNG", "BONE", "EDGE", "DETAIL", "SHARP", "HIGH")
 _SMOOTH_NAMES = ("SOFT", "SMOOTH")
@@ -21,7 +22,8 @@ def _check_kernel(kernel: str) -> str:
     if kernel not in KERNELS:
         raise ValueError(
             f"Expected kernel to be one of {KERNELS}; received {kernel!r}. "
-            "'smooth' for low noise, 'standard' for soft tissue, 'sharp' for lung detail."
+            "'smooth' for low noise, 'standard' for soft tissue, 'ramp' for a medium-sharp "
+            "body kernel, 'sharp' for lung detail."
         )
     return kernel
 
@@ -63,6 +65,8 @@ def _kernel_window(kernel: str, nu: np.ndarray) -> np.ndarray:
         return 0.5 * (1.0 + np.cos(np.pi * nu / cutoff)) / footprint
     if kernel == "sharp":
         return (1.0 + 8.0 * nu**2) / footprint  # full ramp, high frequencies boosted
+    if kernel == "ramp":
+        return np.ones_like(nu)  # the band-limited ramp alone, no apodisation
     raise AssertionError(kernel)  # pragma: no cover - validated by the caller
 
 
@@ -86,7 +90,7 @@ def convert_kernel(image: Any, from_kernel: str, to_kernel: str) -> np.ndarray:
     ----------
     image : Volume or ndarray (y, x) or (z, y, x)
         Image in HU.
-    from_kernel, to_kernel : {"smooth", "standard", "sharp"}
+    from_kernel, to_kernel : {"smooth", "standard", "sharp", "ramp"}
 
     Returns
     -------

@@ -208,7 +208,7 @@ class Projector:
         Parameters
         ----------
         sinogram : array_like of shape (..., n_views, n_det)
-        kernel : {"smooth", "standard", "sharp"}
+        kernel : {"smooth", "standard", "sharp", "ramp"}
             Window on the ramp; MTF50 of the whole scan (A then FBP) at
             0.8 mm pixels, and noise relative to "standard" at equal dose:
 
@@ -222,6 +222,12 @@ class Projector:
             - "sharp": full ramp divided by sinc^2 with a high-frequency boost
               ``1 + 8 nu^2``: 0.50 lp/mm, noise x5.4, like the Philips "L" lung
               kernel (42 vs 8 HU on A0001).
+            - "ramp": the band-limited ramp without window or compensation
+              (only the projector's own footprint blur): a medium-sharp
+              body kernel between "standard" and "sharp", whose noise power
+              spectrum rises to ~0.3 cycles/pixel and stays high up to
+              Nyquist, like the Mayo 2016 routine-dose body scans
+              (``experiments/results/simulator_check.md``).
 
         Returns
         -------
@@ -245,7 +251,7 @@ class Projector:
         ----------
         sinogram : array_like of shape (..., n_views, n_det)
             Line integrals (dimensionless for attenuation images).
-        kernel : {"smooth", "standard", "sharp"}
+        kernel : {"smooth", "standard", "sharp", "ramp"}
             Reconstruction kernel (see :meth:`filter_sinogram`).
 
         Returns

@@ -43,7 +43,7 @@ def scan(
     i0 : float, optional
         Incident photons per ray at normal dose (default 5e5, see
         :data:`DEFAULT_I0`); the scan uses ``dose_fraction * i0``.
-    kernel : {"smooth", "standard", "sharp"}, optional
+    kernel : {"smooth", "standard", "sharp", "ramp"}, optional
         Reconstruction kernel (see :meth:`Projector.filter_sinogram`).
     rng : numpy.random.Generator or int
         Random source (required, for reproducibility).  Slice ``k`` uses the

@@ -75,12 +75,18 @@ def simulate_low_dose(
         about ``sigma / sqrt(f)``: a 10 HU slice at f = 0.02 gets ~70 HU of
         extra noise, ~71 HU in total.  Since clinical normal-dose scans use
         tube-current modulation (noise similar across patient sizes and along
-        z), so does the simulated low-dose scan.  A number instead: a fixed
-        exposure (e.g. :data:`DEFAULT_I0`), as without exposure control: the
+        z), so does the simulated low-dose scan; the exposure is also
+        modulated over the views as those scanners do, in proportion to
+        ``exp(max_p(view) / 2)`` (the square root of the view's largest
+        attenuation, the noise-optimal rule of Gies et al., Med Phys
+        26(11):2235, 1999), so lateral views get more photons and long lateral
+        paths fewer streaks.  A number instead: a fixed exposure (e.g.
+        :data:`DEFAULT_I0`) in every view, as without exposure control: the
         noise then grows with patient size (``exp(p)``).
-    kernel : {"smooth", "standard", "sharp"} or None, optional
-        Kernel for the noise reconstruction.  ``None``: from the Volume's
-        DICOM kernel name via :func:`kernel_for` ("standard" for arrays).
+    kernel : {"smooth", "standard", "sharp", "ramp"} or None, optional
+        Kernel for the noise reconstruction; pick the one whose noise texture
+        matches the source's.  ``None``: from the Volume's DICOM kernel name
+        via :func:`kernel_for` ("standard" for arrays).
     reference_noise_hu : float or None, optional
         With ``i0=None``: the normal-dose soft-tissue noise (HU) to calibrate
         every slice to (a constant-noise exposure control).  ``None``
@@ -112,8 +118,8 @@ def simulate_low_dose(
     the projector's matrix.  Timings: ``experiments/results/bench_physics.md``.
 
     On three mid-chest slices of the A0001 kernel-B series (soft-tissue
-    noise 8.0 HU), f = 0.02 gives 56.7 HU against 8.0 / sqrt(0.02) = 56.6 HU
-    (56.0 HU without electronic noise), and the mean HU of the body moves by
+    noise 8.0 HU), f = 0.02 gives 57.1 HU against 8.0 / sqrt(0.02) = 56.6 HU
+    (56.5 HU without electronic noise), and the mean HU of the body moves by
     0.1 HU.  The inserted noise's texture (adjacent-pixel / patch noise ratio
     0.74) is close to the source's (0.79).
     """
@@ -139,7 +145,9 @@ def simulate_low_dose(
     bar = _progress(total=vol.shape[0], enabled=progress, desc="low dose")
     for start, stop in _batches(vol.shape[0], _SLICES_PER_PRODUCT):
         srcs = _blur(vol[start:stop], sigma_px)
-        etas = _unit_noise_images(proj, srcs, children[start:stop], kernel=kernel)
+        etas = _unit_noise_images(
+            proj, srcs, children[start:stop], kernel=kernel, modulate=i0 is None
+        )
         for j, src in enumerate(srcs):
             eta_q, eta_e = etas[2 * j], etas[2 * j + 1]
             if i0 is None:
@@ -239,20 +247,25 @@ def _blur(srcs: np.ndarray, sigma_px: float | None) -> np.ndarray:
 
 
 def _unit_noise_images(
-    proj: Projector, srcs: np.ndarray, children: list, *, kernel: str
+    proj: Projector, srcs: np.ndarray, children: list, *, kernel: str, modulate: bool = False
 ) -> np.ndarray:
     """Reconstructed quantum and electronic noise images (HU) for I0 = 1, f factors left out.
 
     Returns ``(2 * len(srcs), ny, nx)`` float64: for slice ``j``, ``[2j]`` the
     quantum part and ``[2j + 1]`` the electronic part, both drawn from
     ``children[j]``; both are linear in the noise, so they are reconstructed
-    together and scaled by the caller.
+    together and scaled by the caller.  ``modulate``: the exposure of each
+    view is ``exp(max_p / 2)`` times a constant (mean 1 over the views), the
+    angular tube-current modulation of :func:`simulate_low_dose`.
     """
     p_all = proj.A(hu_to_mu(np.maximum(srcs, -1000.0))).astype(np.float64)
     np.maximum(p_all, 0.0, out=p_all)
     pairs = []
     for j, p in enumerate(p_all):
         ep = np.exp(p)
+        if modulate:
+            exposure = np.exp(0.5 * (p.max(axis=1, keepdims=True) - p.max()))
+            ep /= exposure / exposure.mean()
         child = children[j]
         z1 = child.standard_normal(p.shape)
         z2 = child.standard_normal(p.shape)
