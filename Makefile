@@ -80,6 +80,20 @@ notebook: setup
 cv: setup
 	$(PY) -m hybrid.evaluate cv $(if $(filter 1,$(FAST)),--fast,)
 
+# ---------------------------------------------------------------- the gate
+# `make dose-sweep`: 1–100 % simulated dose on the held-out patients (hybrid/evaluate/dose_sweep.py),
+# input, CNN only, hybrid, BM3D and NLM tuned per dose on training patients; needs `make data`.
+# Results: experiments/results/dose_sweep.{json,md,png} (FAST=1: a smoke run into out/fast/).
+# `make real-pairs`: every method on the real quarter-dose pairs of ../shared/data/real-pairs
+# (check only; baselines tuned at 25 % on training patients): experiments/results/real_pairs.*
+.PHONY: dose-sweep real-pairs
+RESULTS_OUT = $(if $(filter 1,$(FAST)),out/fast,experiments/results)
+dose-sweep: setup
+	$(PY) -m hybrid.evaluate dose-sweep --data $(DATA) --out $(RESULTS_OUT) $(if $(filter 1,$(FAST)),--fast,)
+
+real-pairs: setup
+	$(PY) -m hybrid.evaluate real-pairs --data $(DATA) --out $(RESULTS_OUT) $(if $(filter 1,$(FAST)),--fast,)
+
 # ---------------------------------------------------------------- batch on Dask
 # `make enhance-batch IN="series1 series2 folder/" OUT=DIR [WORKERS=N] [SCHEDULER=tcp://host:8786]`:
 # one Dask task per series, resumable (DIR/manifest.jsonl); see `hybrid batch --help`.

@@ -178,19 +178,54 @@ def test_tune_baselines_extends_a_grid_whose_best_is_its_largest():
         ev.tune_baselines([(uld, nd, body)], ["median"])
 
 
-class _IdentityEnhancer:
-    def enhance(self, vol, return_maps=False, progress=False):
-        return vol
-
-
-def test_dose_sweep_rows_and_figure(tiny, tmp_path):
-    res = ev.dose_sweep(tiny, case_id="P01", doses=(0.05, 0.5), baseline="gaussian",
-                        baseline_params={"sigma_px": 1.0}, n_slices=1, enhancer=_IdentityEnhancer(),
-                        out=tmp_path)
-    by = {(r["dose_fraction"], r["method"]): r for r in res["rows"]}
-    assert set(by) == {(f, m) for f in (0.05, 0.5) for m in ("input", "hybrid", "gaussian")}
-    # Extra noise ∝ sqrt(1/f − 1): 4.4 at 5 % against 1.0 at 50 %, so the input gets much worse.
-    assert by[(0.05, "input")]["rmse_hu"] > 2 * by[(0.5, "input")]["rmse_hu"]
-    assert by[(0.05, "hybrid")]["rmse_hu"] == by[(0.05, "input")]["rmse_hu"]  # identity "hybrid"
+def test_dose_sweep_fast_end_to_end(tiny, tmp_path):
+    doses = ev.DOSE_SWEEP_FRACTIONS
+    res = ev.dose_sweep(tiny, patients=("P01",), tune_cases={"P01": ["P02", "P03"]}, fast=True,
+                        enhancer=_FakeEnhancer(), out=tmp_path)
+    saved = json.loads((tmp_path / "dose_sweep.json").read_text())
+    by = {(r["dose_fraction"], r["method"]): r for r in saved["rows"]}
+    assert set(by) == {(f, m) for f in doses for m in ("input", "cnn", "hybrid", "bm3d", "nlm")}
+    # at 100 % the input is the normal-dose scan: no change; the row reports change vs own noise
+    full = by[(1.0, "input")]
+    assert full["rmse_hu"] == 0.0 and full["change_vs_noise"] == 0.0 and full["noise_hu"] > 0
+    assert by[(1.0, "cnn")]["change_vs_noise"] > 0  # the fake CNN is the input − 1 HU
+    assert by[(0.01, "input")]["rmse_hu"] > 2 * by[(0.5, "input")]["rmse_hu"]
+    # tuned per dose, on training patients only
+    (tset,) = saved["tuning"].values()
+    assert "P01" not in tset["patients"] and set(tset["patients"]) <= {"P02", "P03"}
+    assert set(tset["per_dose"]) == {f"{f:.2f}" for f in doses if f < 1}
+    assert by[(0.05, "bm3d")]["params"] == tset["per_dose"]["0.05"]["bm3d"]["params"]
+    assert set(res["gate"]) == {"hybrid", "cnn"} and not res["gate"]["hybrid"]["passes"]
+    md = (tmp_path / "dose_sweep.md").read_text()
+    assert "SSIM lung window (−600/1500)" in md and "SSIM soft-tissue window (40/400)" in md
     assert (tmp_path / "dose_sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "dose_sweep.json").read_text())["baseline"] == "gaussian"
+    with pytest.raises(ValueError, match="held-out"):
+        ev.dose_sweep(tiny, patients=("P01", "P02"), tune_cases={"P01": ["P02"], "P02": ["P03"]},
+                      fast=True, enhancer=_FakeEnhancer())
+
+
+def test_real_pairs_fast_end_to_end(tiny, tmp_path):
+    from hybrid.evaluate.real_pairs import default_real_pairs_dir, real_pairs
+
+    folder = default_real_pairs_dir()
+    if not sorted(folder.glob("*.npz")):
+        pytest.skip(f"the real quarter-dose pairs are not there ({folder})")
+    res = real_pairs(tiny, exclude_patients=("P01",), fast=True, enhancer=_FakeEnhancer(),
+                     out=tmp_path)
+    saved = json.loads((tmp_path / "real_pairs.json").read_text())
+    assert len(saved["cases"]) == 3 and "McCollough" in saved["citation"]
+    for c in saved["cases"].values():
+        assert set(c["methods"]) == {"input", "gaussian", "nlm", "bm3d", "cnn", "hybrid"}
+        assert c["methods"]["hybrid"]["rmse_hu"] == c["methods"]["input"]["rmse_hu"]  # fake
+    assert "P01" not in saved["tuning"]["patients"] and saved["tuning"]["dose_fraction"] == 0.25
+    assert not res["verdict"]["passes"]  # the fake hybrid is the input
+    assert (tmp_path / "real_pairs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "McCollough" in (tmp_path / "real_pairs.md").read_text()
+
+
+def test_dose_sweep_and_real_pairs_command_lines(capsys):
+    for cmd in ("dose-sweep", "real-pairs"):
+        with pytest.raises(SystemExit) as e:
+            ev.main([cmd, "--help"])
+        assert e.value.code == 0
+    assert "--fast" in capsys.readouterr().out

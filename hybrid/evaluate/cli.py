@@ -3,7 +3,8 @@
 Command line::
 
     python -m hybrid.evaluate heldout [--data data] [--out experiments/results]
-    python -m hybrid.evaluate dose-sweep [--data data] [--case A0001-B] [--baseline bm3d]
+    python -m hybrid.evaluate dose-sweep [--data data] [--out experiments/results] [--fast]
+    python -m hybrid.evaluate real-pairs [--data data] [--pairs DIR] [--out experiments/results]
     python -m hybrid.evaluate cv [--data data] [--out experiments/results/cv] [--fast]
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.evaluate.cv import cross_validate
-from hybrid.evaluate.dose_sweep import dose_sweep
+from hybrid.evaluate.dose_sweep import DOSE_SWEEP_FRACTIONS, SWEEP_METHODS, dose_sweep
 from hybrid.evaluate.heldout import compare_on_heldout
 from hybrid.evaluate.scoring import _CLASSICAL
 
@@ -36,12 +37,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--slices", type=int, default=8, help="central slices scored per held-out case")
     h.add_argument("--tune-slices", type=int, default=4, help="slices per tuning set")
     h.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
-    d = sub.add_parser("dose-sweep", help="quality against dose for the hybrid and a tuned baseline")
+    d = sub.add_parser("dose-sweep", help="the gate: quality against dose on the held-out "
+                       "patients, input / CNN / hybrid / BM3D and NLM tuned per dose (make dose-sweep)")
     d.add_argument("--data", type=Path, default=Path("data"))
     d.add_argument("--out", type=Path, default=Path("experiments/results"))
-    d.add_argument("--case", default=None, help="case id (default: that of hybrid.evaluate.dose_sweep)")
-    d.add_argument("--baseline", default="bm3d")
-    d.add_argument("--slices", type=int, default=4)
+    d.add_argument("--cases", nargs="+", default=None,
+                   help="only these cases of the held-out patients (default: all)")
+    d.add_argument("--doses", nargs="+", type=float, default=list(DOSE_SWEEP_FRACTIONS))
+    d.add_argument("--methods", nargs="+", default=list(SWEEP_METHODS))
+    d.add_argument("--slices", type=int, default=2, help="central slices scored per case")
+    d.add_argument("--tune-slices", type=int, default=1,
+                   help="training slices per tuning set and dose")
+    d.add_argument("--fast", action="store_true",
+                   help="smoke run: 1 slice per case, 1 tuning slice, tiny grids")
+    r = sub.add_parser("real-pairs", help="every method on the real quarter-dose pairs (check "
+                       "only; baselines tuned on training patients at 25 %% dose; make real-pairs)")
+    r.add_argument("--data", type=Path, default=Path("data"), help="paired dataset, for tuning")
+    r.add_argument("--pairs", type=Path, default=None,
+                   help="folder of the pairs (default ../shared/data/real-pairs)")
+    r.add_argument("--out", type=Path, default=Path("experiments/results"))
+    r.add_argument("--tune-slices", type=int, default=2)
+    r.add_argument("--fast", action="store_true", help="tiny grids, 1 tuning slice")
     c = sub.add_parser("cv", help="leave-one-patient-out cross-validation (make cv)")
     c.add_argument("--data", type=Path, default=Path("data"))
     c.add_argument("--out", type=Path, default=None,
@@ -69,12 +85,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print((Path(args.out) / "baselines_heldout.md").read_text())
         print(f"wall {res['wall_seconds']:.0f} s")
     elif args.cmd == "dose-sweep":
-        case = {"case_id": args.case} if args.case is not None else {}
-        res = dose_sweep(args.data, **case, baseline=args.baseline, n_slices=args.slices,
-                         out=args.out)
-        for r in res["rows"]:
-            print(f"{r['dose_fraction']:>5.2f} {r['method']:<8} RMSE {r['rmse_hu']:7.1f} HU  "
-                  f"SSIM lung {r['ssim_lung']:.3f}  soft {r['ssim_soft_tissue']:.3f}")
+        dose_sweep(args.data, cases=args.cases, doses=args.doses, methods=args.methods,
+                   n_slices=args.slices, tune_slices=args.tune_slices, fast=args.fast, out=args.out)
+        print((Path(args.out) / "dose_sweep.md").read_text())
+    elif args.cmd == "real-pairs":
+        from hybrid.evaluate.real_pairs import real_pairs
+
+        real_pairs(args.data, pairs_dir=args.pairs, tune_slices=args.tune_slices, fast=args.fast,
+                   out=args.out)
+        print((Path(args.out) / "real_pairs.md").read_text())
     elif args.cmd == "cv":
         from hybrid.recipe import load_config
 

@@ -78,32 +78,46 @@ def _example_figure(ex: Mapping[str, Any], path: Path) -> Path:
 
 
 def _dose_sweep_figure(result: Mapping[str, Any], path: Path) -> Path:
-    import matplotlib
+    """Means over cases against dose (RMSE, both SSIMs) and the change at 100 % vs own noise."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from hybrid.io._atomic import atomic_file
     from hybrid.metrics import LUNG, SOFT_TISSUE
 
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, label in ((axes[0], "rmse_hu", "RMSE in the body (HU)"),
-                           (axes[1], "ssim_lung", f"SSIM, {LUNG} window"),
-                           (axes[2], "ssim_soft_tissue", f"SSIM, {SOFT_TISSUE} window")):
+    rows = result["summary"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig = Figure(figsize=(18, 4.2), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    for ax, key, label in ((axes[0], "rmse_hu", "RMSE in the body (HU), doses < 100 %"),
+                           (axes[1], "ssim_lung", f"SSIM, {LUNG} window, body"),
+                           (axes[2], "ssim_soft_tissue", f"SSIM, {SOFT_TISSUE} window, body")):
         for m in methods:
-            pts = [(r["dose_fraction"], r[key]) for r in result["rows"] if r["method"] == m]
-            ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=m)
+            pts = [(r["dose_fraction"], r[key]) for r in rows if r["method"] == m
+                   and not (key == "rmse_hu" and r["dose_fraction"] >= 1.0)]
+            ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o",
+                    label=_LABELS.get(m, m).strip("*"))
         ax.set_xscale("log")
         ax.set_xlabel("dose (% of normal)")
-        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[0].legend()
-    fig.suptitle(f"{result['case']} ({result['kernel']} kernel), slices {result['slices'][0]}–"
-                 f"{result['slices'][-1]}: quality against simulated dose "
-                 "(TCIA Lung-PET-CT-Dx, CC BY 4.0)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    full = [r for r in rows if r["dose_fraction"] >= 1.0 and "change_vs_noise" in r]
+    ax = axes[3]
+    if full:
+        ax.bar([_LABELS.get(r["method"], r["method"]).strip("*") for r in full],
+               [r["change_vs_noise"] for r in full], color="0.5")
+        ax.axhline(0.5, color="r", ls="--", lw=1, label="bar: 0.5")
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.set_title("100 %: RMS change in the body / the scan's own noise", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    cases = ", ".join(f"{c} ({v['kernel']})" for c, v in result["cases"].items())
+    fig.suptitle(f"Held-out cases {cases}: quality against simulated dose, mean over cases "
+                 "(TCIA Lung-PET-CT-Dx, CC BY 4.0; phantoms)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
     return path
-
