@@ -31,7 +31,9 @@ Two entry points, both honest about who sees which patient:
     CSV (patient × method × region × metric), a Markdown summary (mean ± sd
     over folds), box plots and an example-slice figure.
 
-Also :func:`dose_sweep` (:mod:`hybrid.evaluate.dose_sweep`).  Modules by job:
+Also :func:`dose_sweep` (:mod:`hybrid.evaluate.dose_sweep`: 1-100 % dose on the held-out
+patients, the gate of issue 16) and :func:`real_pairs` (:mod:`hybrid.evaluate.real_pairs`: the
+real quarter-dose pairs, check only).  Modules by job:
 ``cases`` (manifest entries, slice choice), ``scoring``, ``tuning`` (grids,
 tuning cases and slices, grid search), ``heldout``, ``cv`` (folds, their settings),
 ``report`` (CSV / JSON / Markdown writers), ``figures``, ``cli``.
@@ -39,7 +41,8 @@ tuning cases and slices, grid search), ``heldout``, ``cv`` (folds, their setting
 Command line::
 
     python -m hybrid.evaluate heldout [--data data] [--out experiments/results]
-    python -m hybrid.evaluate dose-sweep [--data data] [--case A0001-B] [--baseline bm3d]
+    python -m hybrid.evaluate dose-sweep [--data data] [--out experiments/results] [--fast]
+    python -m hybrid.evaluate real-pairs [--data data] [--pairs DIR] [--out experiments/results]
     python -m hybrid.evaluate cv [--data data] [--out experiments/results/cv] [--fast]
 """
 
@@ -48,8 +51,9 @@ from __future__ import annotations
 from hybrid.evaluate.cases import central_slices
 from hybrid.evaluate.cli import main
 from hybrid.evaluate.cv import cross_validate, load_cv_settings, train_fold_models
-from hybrid.evaluate.dose_sweep import DOSE_SWEEP_FRACTIONS, dose_sweep
+from hybrid.evaluate.dose_sweep import DOSE_SWEEP_FRACTIONS, dose_sweep, sweep_gate
 from hybrid.evaluate.heldout import compare_on_heldout, write_heldout_report
+from hybrid.evaluate.real_pairs import real_pairs
 from hybrid.evaluate.scoring import METHOD_ORDER, score_methods
 from hybrid.evaluate.tuning import (
     CV_GRIDS,
@@ -76,5 +80,7 @@ __all__ = [
     "load_cv_settings",
     "DOSE_SWEEP_FRACTIONS",
     "dose_sweep",
+    "sweep_gate",
+    "real_pairs",
     "main",
 ]
