@@ -234,7 +234,7 @@ def train_noise_aware(
     while state["epoch"] < end:
         e, t0 = state["epoch"], time.perf_counter()
         ds = _dataset(sampler, config, epoch=e, steps=steps_per_epoch, batch_size=batch_size)
-        hist = model.fit(ds, initial_epoch=e, epochs=e + 1, verbose=0)
+        hist = model.fit(ds, initial_epoch=e, epochs=e + 1, verbose=0, shuffle=False)
         logs = {k: float(v[-1]) for k, v in hist.history.items()}
         logs.update(_monitor(model, config, val))
         logs["learning_rate"] = float(model.optimizer.learning_rate)
