@@ -265,3 +265,50 @@ def train_noise_aware(
         val_slice_rmse_hu=float("nan"), best_epoch=int(state["best_epoch"]),
         epochs_run=int(state["epoch"]), history=history, files=files, manifest=manifest,
         seconds=float(state["seconds"]))
+
+
+def train_noise_aware_regions(
+    configs: dict[str, CNNConfig],
+    cases: Sequence[Any],
+    monitor_cases: Sequence[Any],
+    *,
+    regions: Sequence[str],
+    budget: dict[str, dict[str, int]],
+    noise: dict[str, Any],
+    work: str | os.PathLike,
+    seed: int,
+    resume: bool = False,
+    dtype: str | None = None,
+    threads: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    log=None,
+) -> dict[str, TrainResult]:
+    """The noise-aware CNN stage of :mod:`hybrid.recipe`: :func:`train_noise_aware` per region.
+
+    ``noise`` holds the stage's ``cnn.noise`` section: ``kernels`` (of
+    :func:`~hybrid.cnn.multidose.make_sources`), ``val_patches`` (per monitor dose),
+    ``stop_after`` (epochs per call, None: all) and the
+    :class:`~hybrid.cnn.multidose.MultiDoseSampler` options ``dose_range``,
+    ``clean_fraction``, ``sigma_jitter``.  Sources are cached under ``work/cache``.
+    """
+    from hybrid.cnn.multidose import make_sources
+
+    opts = dict(noise)
+    kernels = tuple(opts.pop("kernels", ("smooth", "standard", "sharp")))
+    val_patches = int(opts.pop("val_patches", 64))
+    stop_after = opts.pop("stop_after", None)
+    if "dose_range" in opts:
+        opts["dose_range"] = tuple(opts["dose_range"])
+    cache = Path(work) / "cache"
+    sources = make_sources(cases, kernels=kernels, cache_dir=cache)
+    val_sources = make_sources(monitor_cases, kernels=kernels, cache_dir=cache)
+    results = {}
+    for region in regions:
+        b = budget[region]
+        keras.backend.clear_session()
+        results[region] = train_noise_aware(
+            configs[region], sources, val_sources, out_dir=Path(work) / region,
+            epochs=b["epochs"], steps_per_epoch=b["steps_per_epoch"], batch_size=b["batch_size"],
+            seed=seed, val_seed=0, val_patches=val_patches, resume=resume, stop_after=stop_after,
+            sampler_options=opts, dtype=dtype, threads=threads, metadata=metadata, log=log)
+    return results
