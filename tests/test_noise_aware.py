@@ -209,3 +209,23 @@ def test_noise_map_conditions_the_output(sources):
         out = predict_hu(model, cfg, uld, noise=np.tile([[sigma, maps[0, 1]]], (16, 1)))
         change[sigma > 0] = np.sqrt(np.mean((out - uld) ** 2))
     assert change[False] < 0.7 * change[True]
+
+
+def test_recipe_configs_load_and_shipped_is_unchanged():
+    from hybrid import recipe
+
+    shipped = recipe.load_config("shipped")
+    assert shipped.cnn.noise is None and "noise" not in shipped.to_dict()["cnn"]
+    for name in ("noise_aware", "noise_aware_fast"):
+        cfg = recipe.load_config(name)
+        assert cfg.cnn.noise["dose_range"] == [0.005, 1.0]
+        body = CNNConfig.from_dict(cfg.cnn.body)
+        assert body.noise_input and body.architecture == "unet"
+    assert CNNConfig.from_dict(recipe.load_config("noise_aware").cnn.body).receptive_field >= 100
+
+
+def test_estimate_survives_very_noisy_slices():
+    rng = np.random.default_rng(3)
+    clean, _, body = _anatomy((1, 160, 160))
+    est = estimate_noise(clean + 600 * rng.standard_normal(clean.shape), body)
+    assert est.measured.all() and est.sigma_hu[0] == pytest.approx(600, rel=0.15)

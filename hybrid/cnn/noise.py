@@ -17,7 +17,9 @@ so the noise-aware CNNs (``CNNConfig(noise_input=True)``) are conditioned on wha
   thresholds :data:`TEXTURE_THRESHOLDS` (measured on simulated noise of the three
   kernels of :mod:`hybrid.physics.kernels`).
 
-Slices without enough soft tissue (air, lungs only) get the median of the volume's
+The soft tissue is selected on the image smoothed by 2 pixels, or by 5 where that finds
+too little (very noisy slices).  Slices without enough soft tissue (air, lungs only)
+get the median of the volume's
 other slices (or, for a volume without any, :data:`FALLBACK_SIGMA_HU`).
 """
 
@@ -46,6 +48,8 @@ FALLBACK_SIGMA_HU = 15.0
 KERNEL_CODES = {"smooth": 0.0, "standard": 0.5, "sharp": 1.0}
 _WINDOW = 7
 _MIN_PATCHES = 200
+#: Gaussian smoothing (pixels) of the soft-tissue selection, tried in turn.
+_SMOOTHING = (2.0, 5.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,11 +120,17 @@ def slice_noise_variances(
     return float(np.median(v)), float(np.median(dv)) if dv.size else float("nan"), int(v.size)
 
 
-def tissue_mask(image2d: np.ndarray, body_mask2d: np.ndarray | None = None) -> np.ndarray:
-    """Soft tissue of a slice (smoothed HU in :data:`hybrid.physics.SOFT_TISSUE_HU`), in the body."""
-    from hybrid.physics.estimate import SOFT_TISSUE_HU, _soft_tissue_mask
+def tissue_mask(
+    image2d: np.ndarray, body_mask2d: np.ndarray | None = None, *, smoothing: float = 2.0
+) -> np.ndarray:
+    """Soft tissue of a slice: HU smoothed by a ``smoothing``-pixel Gaussian in
+    :data:`hybrid.physics.SOFT_TISSUE_HU`, inside the body."""
+    from scipy import ndimage
 
-    m = _soft_tissue_mask(np.asarray(image2d, dtype=np.float32), SOFT_TISSUE_HU)
+    from hybrid.physics.estimate import SOFT_TISSUE_HU
+
+    smooth = ndimage.gaussian_filter(np.asarray(image2d, dtype=np.float32), smoothing)
+    m = (smooth >= SOFT_TISSUE_HU[0]) & (smooth <= SOFT_TISSUE_HU[1])
     return m if body_mask2d is None else m & body_mask2d
 
 
@@ -166,10 +176,12 @@ def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
     var = np.full(len(vol), np.nan)
     dvar = np.full(len(vol), np.nan)
     for k in range(len(vol)):
-        t = tissue_mask(vol[k], None if mask is None else mask[k])
-        v, dv, n = slice_noise_variances(vol[k], t)
-        if n >= _MIN_PATCHES:
-            var[k], dvar[k] = v, dv
+        for smoothing in _SMOOTHING:  # stronger where noise hides the tissue (< 1 % dose)
+            t = tissue_mask(vol[k], None if mask is None else mask[k], smoothing=smoothing)
+            v, dv, n = slice_noise_variances(vol[k], t)
+            if n >= _MIN_PATCHES:
+                var[k], dvar[k] = v, dv
+                break
     return _estimate_from_variances(var, dvar)
 
 
