@@ -195,6 +195,11 @@ class CNNStage:
         Whole monitor slices scored after training (``TrainResult.val_slice_rmse_hu``).
     precision : {"auto", "float32", "bfloat16"}
         Training arithmetic; "auto": mixed bfloat16 where the CPU has it natively.
+    noise : dict or None
+        Optional.  None (the shipped recipe): :func:`hybrid.cnn.train.train_model` on each
+        case's two doses.  A dict: noise-aware models (``noise_input``) trained by
+        :func:`hybrid.cnn.resumable.train_noise_aware_regions` on multi-dose, multi-kernel
+        patches, with checkpoints under ``work`` (``resume``).
     """
 
     lung: dict | None
@@ -205,6 +210,7 @@ class CNNStage:
     reduce_lr_patience: int | None
     val_slices: int
     precision: str
+    noise: dict | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in _PRECISIONS:
@@ -257,7 +263,8 @@ class RecipeConfig:
         d = _strict(data, cls, where)
         parts = {"cnn": CNNStage, "dictionary": DictionaryStage, "blender": BlenderStage}
         for name, part in parts.items():
-            d[name] = part(**_strict(d[name], part, f"{where}, section {name!r}"))
+            d[name] = part(**_strict(d[name], part, f"{where}, section {name!r}",
+                                     optional=("noise",) if name == "cnn" else ()))
         from hybrid.cnn.config import CNNConfig  # light: no TensorFlow
 
         for region in REGIONS:  # fail at load, not after an hour of training
@@ -278,7 +285,10 @@ class RecipeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (the ``recipe`` section of a config file)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        if out["cnn"]["noise"] is None:
+            del out["cnn"]["noise"]  # the files without it, unchanged
+        return out
 
     def with_cnn(self, **changes: Any) -> RecipeConfig:
         """A copy with other :class:`CNNStage` settings."""
@@ -407,6 +417,7 @@ def train(
     threads: int | None = None,
     dictionary_name: str | None = None,
     verbose: bool = False,
+    resume: bool = False,
 ) -> Models:
     """Run the recipe's ``stages`` on the paired dataset at ``cases_root``.
 
@@ -420,7 +431,7 @@ def train(
         Default :func:`load_split` (the shipped models' split).
     config : RecipeConfig, optional
         Default ``load_config("shipped")``.
-    stages, out, keep, regions, work, threads, dictionary_name, verbose
+    stages, out, keep, regions, work, threads, dictionary_name, verbose, resume
         See :func:`train_from_cases`.
 
     Returns
@@ -441,7 +452,7 @@ def train(
                          f"({list(split.held_out_patients)}) or none exist. Run `make data` first.")
     return train_from_cases(cases, split=split, config=config, stages=stages, out=out, keep=keep,
                             regions=regions, work=work, threads=threads,
-                            dictionary_name=dictionary_name, verbose=verbose)
+                            dictionary_name=dictionary_name, verbose=verbose, resume=resume)
 
 
 def train_from_cases(
@@ -457,6 +468,7 @@ def train_from_cases(
     threads: int | None = None,
     dictionary_name: str | None = None,
     verbose: bool = False,
+    resume: bool = False,
 ) -> Models:
     """Run the recipe's ``stages`` on paired cases in memory (e.g. one CV fold).
 
@@ -489,6 +501,8 @@ def train_from_cases(
         Name stored in the dictionary; default its ``out`` folder's name, else "dictionary".
     verbose : bool
         Progress of the dictionary build.
+    resume : bool
+        Noise-aware CNN stage (``cnn.noise``): continue from the checkpoints in ``work``.
 
     Returns
     -------
@@ -507,7 +521,7 @@ def train_from_cases(
             kept = _kept(keep, "cnn") if len(regions) < len(REGIONS) else None
             models.cnn, models.training = train_cnn(
                 groups, split=split, config=config, regions=regions, kept=kept,
-                work=Path(work if work is not None else tmp.name), threads=threads)
+                work=Path(work if work is not None else tmp.name), threads=threads, resume=resume)
             if "cnn" in paths:
                 models.cnn.save(paths["cnn"], overwrite=True)
             models.seconds["cnn"] = time.perf_counter() - t
@@ -597,7 +611,7 @@ def _training_pairs(groups: Mapping[str, list]) -> tuple[list, list]:
 
 def train_cnn(groups: Mapping[str, list], *, split: Split, config: RecipeConfig,
               regions: Sequence[str] = REGIONS, kept: Any = None, work: Path,
-              threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+              threads: int | None = None, resume: bool = False) -> tuple[Any, dict[str, Any]]:
     """Train the CNN pair's ``regions`` on ``groups["cnn"]`` (nominal and aug dose), monitored on
     ``groups["monitor"]``; the other region is ``kept``'s.  Returns the pair and the
     :class:`~hybrid.cnn.train.TrainResult` per region trained."""
@@ -615,7 +629,14 @@ def train_cnn(groups: Mapping[str, list], *, split: Split, config: RecipeConfig,
     dtype = _dtype_policy(stage.precision)
     log.info("training %s with dtype policy %s", ", ".join(regions), dtype or "float32")
     results = {}
-    for region in regions:
+    if stage.noise is not None:
+        from hybrid.cnn.resumable import train_noise_aware_regions
+
+        results = train_noise_aware_regions(
+            configs, groups["cnn"], groups["monitor"], regions=regions, budget=stage.budget,
+            noise=stage.noise, work=Path(work), seed=config.seed, resume=resume, dtype=dtype,
+            threads=threads, metadata={"recipe": config.to_dict()}, log=log.info)
+    for region in regions if stage.noise is None else ():
         b = stage.budget[region]
         clear_session()
         results[region] = train_model(
@@ -653,7 +674,8 @@ def _cnn_metadata(results: Mapping[str, Any], kept: Any, *, split: Split, config
         "trained_by": "hybrid.recipe",
         "held_out_patients": {k: list(v) for k, v in split.held_out.items()},
         "training_cases": case_ids,
-        "training_inputs": "nominal ULD (2 %) and ULD-aug (1-10 % dose) per case",
+        "training_inputs": "nominal ULD (2 %) and ULD-aug (1-10 % dose) per case" if
+        stage.noise is None else f"multi-dose, multi-kernel patches ({stage.noise})",
         "budget": {k: (dict(stage.budget[k], reduce_lr_patience=stage.reduce_lr_patience)
                        if k in results else old.get("budget", {}).get(k)) for k in REGIONS},
         "dtype_policy": {k: (dtype or "float32") if k in results

@@ -16,6 +16,12 @@ train_model, train_pair, TrainResult, ProgressFigure
     Training with CSV log, best checkpoint, early stopping, TensorBoard and a progress PNG.
 CNNPair, blend_weight, Proposal
     Whole-slice inference composed by the lung mask.
+NoiseEstimate, estimate_noise
+    Per-slice noise level and texture of an image (for noise-aware models).
+NoiseSource, make_sources, MultiDoseSampler
+    Multi-dose, multi-kernel patches from stored noise realisations.
+train_noise_aware
+    Resumable training of a noise-aware (``noise_input``) model (TensorFlow).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import importlib
 from typing import Any
 
 from hybrid.cnn.config import CNNConfig
+from hybrid.cnn.multidose import MultiDoseSampler, NoiseSource, make_sources
+from hybrid.cnn.noise import NoiseEstimate, estimate_noise
 from hybrid.cnn.sampler import PatchSampler, TrainingPair, as_training_pairs, split_pairs
 
 _LAZY = {
@@ -44,6 +52,7 @@ _LAZY = {
     "ProgressFigure": "hybrid.cnn.train",
     "CNNPair": "hybrid.cnn.infer",
     "blend_weight": "hybrid.cnn.infer",
+    "train_noise_aware": "hybrid.cnn.resumable",
 }
 
 __all__ = [
@@ -52,6 +61,11 @@ __all__ = [
     "TrainingPair",
     "as_training_pairs",
     "split_pairs",
+    "NoiseEstimate",
+    "estimate_noise",
+    "NoiseSource",
+    "make_sources",
+    "MultiDoseSampler",
     *_LAZY,
 ]
 

@@ -15,13 +15,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CNNConfig", "REGIONS", "NORMALIZATIONS", "LOSSES", "DEFAULT_PATCH_SIZE"]
+__all__ = [
+    "CNNConfig", "REGIONS", "NORMALIZATIONS", "LOSSES", "DEFAULT_PATCH_SIZE", "ARCHITECTURES",
+    "NOISE_CHANNELS",
+]
 
 REGIONS = ("lung", "body")
 NORMALIZATIONS = ("linear", "window")
 LOSSES = ("mse", "mae", "huber")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "swish", "tanh")
 DEFAULT_PATCH_SIZE = {"lung": 32, "body": 64}
+ARCHITECTURES = ("plain", "unet")
+#: The channels of a noise-aware model's second input, in order (see :mod:`hybrid.cnn.noise`):
+#: the noise level ``sigma_hu / noise_ref_hu`` and the noise texture ratio.
+NOISE_CHANNELS = ("sigma", "texture")
 
 
 def _bad(name: str, expected: str, value: Any) -> ValueError:
@@ -73,6 +80,23 @@ class CNNConfig:
         Adam learning rate.
     name : str
         Free-form label (used for Keras model names and logs).
+    architecture : {"plain", "unet"}
+        "plain" (default, the shipped pair): the stack described above.  "unet": a
+        U-Net of ``scales`` resolutions (average-pool down, nearest up-sampling, skip
+        concatenations), ``depth`` convolutions per scale of ``width * (1 + l / 2)``
+        filters at scale ``l``, and at the coarsest scale one convolution per
+        ``bottleneck_dilations`` rate (the cheap way to a large receptive field).
+        Its input sides are padded to a multiple of ``2 ** (scales - 1)``.
+    noise_input : bool
+        A second input of :data:`NOISE_CHANNELS` maps (noise level over
+        ``noise_ref_hu`` and noise texture, :func:`hybrid.cnn.noise.estimate_noise`),
+        concatenated to the image (FFDNet-style conditioning).  Default False.
+    scales : int
+        Resolutions of the U-Net (>= 2).
+    bottleneck_dilations : tuple of int
+        Dilation rates of the U-Net's coarsest-scale convolutions.
+    noise_ref_hu : float
+        Noise level that maps to 1 in the noise-level channel.
 
     Examples
     --------
@@ -98,6 +122,11 @@ class CNNConfig:
     loss: str = "mse"
     learning_rate: float = 1e-3
     name: str = field(default="")
+    architecture: str = "plain"
+    noise_input: bool = False
+    scales: int = 3
+    bottleneck_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    noise_ref_hu: float = 100.0
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -152,6 +181,26 @@ class CNNConfig:
             raise _bad("loss", f"Expected one of {LOSSES}.", self.loss)
         if not isinstance(self.name, str):
             raise _bad("name", "Expected a str.", self.name)
+        self._check_unet_fields()
+
+    def _check_unet_fields(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise _bad("architecture", f"Expected one of {ARCHITECTURES}.", self.architecture)
+        if not isinstance(self.noise_input, (bool, np.bool_)):
+            raise _bad("noise_input", "Expected a bool.", self.noise_input)
+        object.__setattr__(self, "noise_input", bool(self.noise_input))
+        if not _is_int(self.scales) or self.scales < 2:
+            raise _bad("scales", "Expected an integer >= 2.", self.scales)
+        object.__setattr__(self, "scales", int(self.scales))
+        dil = self.bottleneck_dilations
+        if not isinstance(dil, (list, tuple)) or not dil or not all(
+            _is_int(d) and d >= 1 for d in dil
+        ):
+            raise _bad("bottleneck_dilations", "Expected a non-empty sequence of ints >= 1.", dil)
+        object.__setattr__(self, "bottleneck_dilations", tuple(int(d) for d in dil))
+        if not _is_real(self.noise_ref_hu) or self.noise_ref_hu <= 0:
+            raise _bad("noise_ref_hu", "Expected a strictly positive value.", self.noise_ref_hu)
+        object.__setattr__(self, "noise_ref_hu", float(self.noise_ref_hu))
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -174,8 +223,23 @@ class CNNConfig:
 
     @property
     def receptive_field(self) -> int:
-        """Side in pixels of the receptive field of one output pixel."""
-        return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
+        """Side in pixels of the receptive field of one output pixel (an upper bound for
+        "unet": down- and up-sampling add at most one coarse pixel per scale)."""
+        k = self.kernel_size - 1
+        if self.architecture == "plain":
+            return 1 + sum(k * d for d in self.dilations)
+        coarse = 2 ** (self.scales - 1)
+        levels = sum(2 * self.depth * k * 2**lev + 2 * 2**lev for lev in range(self.scales - 1))
+        return 1 + k + levels + sum(k * d * coarse for d in self.bottleneck_dilations)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be a multiple of this (inputs are padded to it): 1 for "plain"."""
+        return 2 ** (self.scales - 1) if self.architecture == "unet" else 1
+
+    def scale_widths(self) -> tuple[int, ...]:
+        """Filters of the U-Net's convolutions at each scale, finest first."""
+        return tuple(self.width + (self.width * lev) // 2 for lev in range(self.scales))
 
     @property
     def hu_per_unit(self) -> float:
@@ -211,7 +275,15 @@ class CNNConfig:
         out = dataclasses.asdict(self)
         if isinstance(out["dilation"], tuple):
             out["dilation"] = list(out["dilation"])
+        out["bottleneck_dilations"] = list(out["bottleneck_dilations"])
+        if self.architecture == "plain" and not self.noise_input and self._unet_defaults():
+            for key in _UNET_FIELDS:  # the shipped configs' JSON, unchanged
+                del out[key]
         return out
+
+    def _unet_defaults(self) -> bool:
+        return all(getattr(self, k) == _DEFAULTS[k] for k in _UNET_FIELDS if k not in
+                   ("architecture", "noise_input"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CNNConfig:
@@ -227,8 +299,9 @@ class CNNConfig:
                 f"Invalid keys for CNNConfig: {unknown}. Expected a subset of {sorted(known)}."
             )
         data = dict(data)
-        if isinstance(data.get("dilation"), list):
-            data["dilation"] = tuple(data["dilation"])
+        for key in ("dilation", "bottleneck_dilations"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
@@ -245,6 +318,11 @@ class CNNConfig:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
+
+
+#: Fields added with the U-Net (absent from the shipped configs' JSON).
+_UNET_FIELDS = ("architecture", "noise_input", "scales", "bottleneck_dilations", "noise_ref_hu")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CNNConfig)}
 
 
 def _is_int(value: Any) -> bool:

@@ -156,9 +156,11 @@ class CNNPair:
         batch_size: int = 4,
         transition_sigma: float = 3.0,
         uncertainty: str | None = None,
+        noise_sigma_hu: float | None = None,
+        strength: float = 1.0,
     ) -> None:
         self._set(precision=precision, batch_size=batch_size, transition_sigma=transition_sigma,
-                  uncertainty=uncertainty)
+                  uncertainty=uncertainty, noise_sigma_hu=noise_sigma_hu, strength=strength)
         for key, cfg, region in (
             ("lung_config", lung_config, "lung"),
             ("body_config", body_config, "body"),
@@ -183,7 +185,12 @@ class CNNPair:
         self.digest: str | None = None
 
     #: The settings of :meth:`propose` (constructor keywords, :meth:`with_settings`).
-    SETTINGS = ("precision", "batch_size", "transition_sigma", "uncertainty")
+    #: ``noise_sigma_hu`` and ``strength`` act only on noise-aware models
+    #: (``CNNConfig.noise_input``): a fixed noise level instead of the one estimated per
+    #: slice (:func:`hybrid.cnn.noise.estimate_noise`), and a factor on the noise level the
+    #: model is told (> 1 denoises more, < 1 less).
+    SETTINGS = ("precision", "batch_size", "transition_sigma", "uncertainty", "noise_sigma_hu",
+                "strength")
     #: Outside the body mask the CNN still restores the slice (the mask is not used).
     outside_body = "restored"
     name = "cnn"
@@ -215,6 +222,7 @@ class CNNPair:
                 "Invalid value for argument `uncertainty`. Expected None or 'flip'. "
                 f"Received uncertainty={settings['uncertainty']!r}"
             )
+        _check_noise_settings(settings)
         if "batch_size" in settings:
             settings["batch_size"] = int(settings["batch_size"])
         if "transition_sigma" in settings:
@@ -419,12 +427,21 @@ class CNNPair:
             return "bfloat16" if native_bfloat16() else "float32"
         return self.precision
 
+    @property
+    def noise_aware(self) -> bool:
+        """True if one of the models takes noise maps (``CNNConfig.noise_input``)."""
+        return self.lung_config.noise_input or self.body_config.noise_input
+
     def _fn(self, region: str):
         precision = self.active_precision
         fn = self._fns.get((region, precision))
+        config = self.lung_config if region == "lung" else self.body_config
+        if fn is None and (config.noise_input or config.architecture != "plain"):
+            model = self.lung_model if region == "lung" else self.body_model
+            fn = _noise_aware_fn(model, config, precision)
+            self._fns[(region, precision)] = fn
         if fn is None:
             model = self.lung_model if region == "lung" else self.body_model
-            config = self.lung_config if region == "lung" else self.body_config
             if precision == "bfloat16":
                 low = build_model(config, dtype="mixed_bfloat16")
                 low.set_weights(model.get_weights())
@@ -446,13 +463,16 @@ class CNNPair:
             self._fns[(region, precision)] = fn
         return fn
 
-    def predict_region(self, region: str, slices: np.ndarray) -> np.ndarray:
+    def predict_region(self, region: str, slices: np.ndarray, *, noise=None) -> np.ndarray:
         """Run one model on a stack of whole slices (one batch) and return HU.
 
         Parameters
         ----------
         region : {"lung", "body"}
         slices : ndarray (N, Y, X) float32 HU
+        noise : NoiseEstimate-like, optional
+            ``(sigma_hu, texture)`` arrays of shape (N,) for a noise-aware model; default
+            estimated from ``slices`` (and the ``noise_sigma_hu`` / ``strength`` settings).
 
         Returns
         -------
@@ -460,10 +480,13 @@ class CNNPair:
             The model's normal-dose estimate in HU.  For residual models the predicted
             residual is added to the input in HU (exact also outside a clipping window).
         """
-        if region == "lung":
-            return predict_hu(self.lung_model, self.lung_config, slices, fn=self._fn("lung"))
-        if region == "body":
-            return predict_hu(self.body_model, self.body_config, slices, fn=self._fn("body"))
+        if region in ("lung", "body"):
+            config = self.lung_config if region == "lung" else self.body_config
+            model = self.lung_model if region == "lung" else self.body_model
+            maps = None
+            if config.noise_input:
+                maps = self._noise_maps(config, slices if noise is None else None, noise)
+            return predict_hu(model, config, slices, fn=self._fn(region), noise=maps)
         raise ValueError(
             f"Invalid value for argument `region`. Expected 'lung' or 'body'. Received region={region!r}"
         )
@@ -517,8 +540,27 @@ class CNNPair:
         return Proposal(image=out, uncertainty=conf,
                         kind="flip_disagreement_hu" if conf is not None else None, name="cnn")
 
+    def _noise_maps(self, config: CNNConfig, slices, noise) -> np.ndarray:
+        """(N, 2) noise channels for ``config``: given ``(sigma_hu, texture)`` or estimated."""
+        if noise is None:
+            from hybrid.cnn.noise import estimate_noise
+
+            est = estimate_noise(slices)
+            noise = (est.sigma_hu, est.texture)
+        sigma, texture = (np.asarray(v, np.float64) for v in noise)
+        if self.noise_sigma_hu is not None:
+            sigma = np.full_like(sigma, self.noise_sigma_hu)
+        sigma = sigma * self.strength / config.noise_ref_hu
+        return np.stack([sigma, texture], axis=-1).astype(np.float32)
+
     def _propose_stack(self, vol: np.ndarray, mask: np.ndarray):
         batch_size, transition_sigma = self.batch_size, self.transition_sigma
+        noise = None
+        if self.noise_aware:  # per slice, on the whole slice (before any crop)
+            from hybrid.cnn.noise import estimate_noise
+
+            est = estimate_noise(vol)
+            noise = (est.sigma_hu, est.texture)
         confidence = self.uncertainty
         out = np.empty(vol.shape, np.float32)
         conf = np.empty(vol.shape, np.float32) if confidence else None
@@ -529,8 +571,9 @@ class CNNPair:
             s = slice(start, start + batch_size)
             x = vol[s]
             w = blend_weight(mask[s].astype(bool), sigma=transition_sigma)
-            body = self._run("body", x, flip=False)
-            body_f = self._run("body", x, flip=True) if confidence else None
+            nz = None if noise is None else tuple(v[s] for v in noise)
+            body = self._run("body", x, flip=False, noise=nz)
+            body_f = self._run("body", x, flip=True, noise=nz) if confidence else None
             lung_rows = np.flatnonzero(w.reshape(len(x), -1).max(axis=1) > 1e-6)
             res = body.copy()
             res_f = body_f.copy() if confidence else None
@@ -538,19 +581,64 @@ class CNNPair:
                 ys, xs = np.nonzero(mask[s][lung_rows].any(axis=0))
                 y0, y1 = max(ys.min() - reach, 0), min(ys.max() + 1 + reach, x.shape[1])
                 x0, x1 = max(xs.min() - reach, 0), min(xs.max() + 1 + reach, x.shape[2])
+                grid = self.lung_config.size_multiple  # 1 for the plain models
+                y0, x0 = y0 - y0 % grid, x0 - x0 % grid
                 crop = (lung_rows, slice(y0, y1), slice(x0, x1))
                 sub_w = w[crop]
-                lung = self._run("lung", x[crop], flip=False)
+                nzl = None if nz is None else tuple(v[lung_rows] for v in nz)
+                lung = self._run("lung", x[crop], flip=False, noise=nzl)
                 res[crop] = sub_w * lung + (1 - sub_w) * body[crop]
                 if confidence:
-                    lung_f = self._run("lung", x[crop], flip=True)
+                    lung_f = self._run("lung", x[crop], flip=True, noise=nzl)
                     res_f[crop] = sub_w * lung_f + (1 - sub_w) * body_f[crop]
             out[s] = res
             if confidence:
                 conf[s] = np.abs(res - res_f)
         return out, conf
 
-    def _run(self, region: str, x: np.ndarray, *, flip: bool) -> np.ndarray:
+    def _run(self, region: str, x: np.ndarray, *, flip: bool, noise=None) -> np.ndarray:
+        kw = {} if noise is None else {"noise": noise}
         if not flip:
-            return self.predict_region(region, np.ascontiguousarray(x))
-        return self.predict_region(region, np.ascontiguousarray(x[..., ::-1]))[..., ::-1]
+            return self.predict_region(region, np.ascontiguousarray(x), **kw)
+        return self.predict_region(region, np.ascontiguousarray(x[..., ::-1]), **kw)[..., ::-1]
+
+
+def _check_noise_settings(settings: dict[str, Any]) -> None:
+    sigma = settings.get("noise_sigma_hu")
+    if sigma is not None and not (isinstance(sigma, (int, float, np.integer, np.floating))
+                                  and not isinstance(sigma, bool) and np.isfinite(sigma)
+                                  and sigma >= 0):
+        raise ValueError("Invalid value for argument `noise_sigma_hu`. Expected None or a "
+                         f"non-negative number of HU. Received noise_sigma_hu={sigma!r}")
+    strength = settings.get("strength", 1.0)
+    if isinstance(strength, bool) or not isinstance(
+            strength, (int, float, np.integer, np.floating)) or not strength >= 0:
+        raise ValueError("Invalid value for argument `strength`. Expected a non-negative "
+                         f"number (1: as estimated). Received strength={strength!r}")
+    if sigma is not None:
+        settings["noise_sigma_hu"] = float(sigma)
+    if "strength" in settings:
+        settings["strength"] = float(strength)
+
+
+def _noise_aware_fn(model, config: CNNConfig, precision: str):
+    """Compiled forward function of a U-Net / noise-aware model (one or two inputs)."""
+    from hybrid.cnn.config import NOISE_CHANNELS
+
+    specs = [tf.TensorSpec((None, None, None, 1), tf.float32)]
+    if config.noise_input:
+        specs.append(tf.TensorSpec((None, None, None, len(NOISE_CHANNELS)), tf.float32))
+    if precision == "bfloat16":
+        low = build_model(config, dtype="mixed_bfloat16")
+        low.set_weights(model.get_weights())
+        res = keras.Model(low.inputs, low.get_layer("residual").output)
+
+        def forward(*xs):
+            r = tf.cast(res(list(xs), training=False), tf.float32)
+            return xs[0] + r if config.residual else r
+    else:
+
+        def forward(*xs):
+            return model(list(xs), training=False)
+
+    return tf.function(forward, input_signature=specs)

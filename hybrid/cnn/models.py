@@ -96,6 +96,10 @@ def build_model(config: CNNConfig, *, seed: int | None = 0, dtype: str | None = 
             "Invalid value for argument `config`. Expected a hybrid.cnn.CNNConfig. "
             f"Received type {type(config).__name__}"
         )
+    if config.architecture == "unet" or config.noise_input:
+        from hybrid.cnn.unet import build_noise_aware_model
+
+        return build_noise_aware_model(config, seed=seed, dtype=dtype)
 
     def init(i: int) -> keras.initializers.Initializer:
         return keras.initializers.HeNormal(seed=None if seed is None else seed + i)
@@ -162,7 +166,7 @@ def compile_model(model: keras.Model, config: CNNConfig) -> keras.Model:
     return model
 
 
-def predict_hu(model, config: CNNConfig, slices, *, fn=None):
+def predict_hu(model, config: CNNConfig, slices, *, fn=None, noise=None):
     """Run ``model`` on a stack of whole slices in HU and return its estimate in HU.
 
     Parameters
@@ -175,6 +179,9 @@ def predict_hu(model, config: CNNConfig, slices, *, fn=None):
         One batch of slices, any Y and X.
     fn : callable, optional
         Compiled forward function (e.g. a ``tf.function``) to use instead of ``model``.
+    noise : ndarray (N, Y, X, 2) or (N, 2) float32, optional
+        The noise maps of a ``noise_input`` model (:data:`hybrid.cnn.config.NOISE_CHANNELS`,
+        or one value per slice and channel); required for such a model, refused otherwise.
 
     Returns
     -------
@@ -184,8 +191,15 @@ def predict_hu(model, config: CNNConfig, slices, *, fn=None):
     """
     slices = np.asarray(slices, dtype=np.float32)
     x = config.normalize(slices)
-    forward = fn if fn is not None else (lambda t: model(t, training=False))
-    y = np.asarray(forward(tf.convert_to_tensor(x[..., None])))[..., 0]
+    if config.architecture != "plain" or config.noise_input:
+        from hybrid.cnn.unet import forward_padded
+
+        y = forward_padded(model, config, x, noise=noise, fn=fn)
+    else:
+        if noise is not None:
+            raise ValueError("Expected noise=None for a model without noise_input; received maps.")
+        forward = fn if fn is not None else (lambda t: model(t, training=False))
+        y = np.asarray(forward(tf.convert_to_tensor(x[..., None])))[..., 0]
     if config.residual:
         return slices + (y - x) * np.float32(config.hu_per_unit)
     return config.denormalize(y)

@@ -1,0 +1,204 @@
+"""Noise level and noise texture of a CT image, estimated from the image alone (NumPy only).
+
+A user does not know the dose fraction of a scan, nor always its reconstruction kernel,
+so the noise-aware CNNs (``CNNConfig(noise_input=True)``) are conditioned on what
+:func:`estimate_noise` measures on the input itself, slice by slice:
+
+* ``sigma_hu``: the noise standard deviation in soft tissue, the median over the
+  7 x 7 patches lying wholly in 0..100 HU tissue of the patch variance
+  (:func:`hybrid.physics.estimate_noise_hu`, which explains the choice);
+* ``texture``: the ratio of the noise of adjacent-pixel differences to the noise
+  itself, ``sqrt(median var(x[i] - x[i+1]) / 2) / sigma``, measured on the same
+  patches.  It is ``sqrt(1 - rho)`` with ``rho`` the correlation of neighbouring
+  pixels' noise: about 1 for white noise, smaller for a smooth kernel (noise
+  correlated over several pixels), larger than a standard kernel's for a sharp one
+  (high frequencies boosted);
+* ``kernel_class``: "smooth", "standard" or "sharp" from ``texture`` by the
+  thresholds :data:`TEXTURE_THRESHOLDS` (measured on simulated noise of the three
+  kernels of :mod:`hybrid.physics.kernels`).
+
+The soft tissue is selected on the image smoothed by 2 pixels, or by 5 where that finds
+too little (very noisy slices).  Slices without enough soft tissue (air, lungs only)
+get the median of the volume's
+other slices (or, for a volume without any, :data:`FALLBACK_SIGMA_HU`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "NoiseEstimate",
+    "estimate_noise",
+    "slice_noise_variances",
+    "kernel_class_of",
+    "TEXTURE_THRESHOLDS",
+    "FALLBACK_SIGMA_HU",
+    "KERNEL_CODES",
+]
+
+#: Texture ratio below the first value: "smooth"; above the second: "sharp".
+TEXTURE_THRESHOLDS = (0.55, 0.95)
+#: sigma of a volume without soft tissue in any slice (a typical normal-dose chest scan).
+FALLBACK_SIGMA_HU = 15.0
+#: The value of each kernel class in the model's kernel channel.
+KERNEL_CODES = {"smooth": 0.0, "standard": 0.5, "sharp": 1.0}
+_WINDOW = 7
+_MIN_PATCHES = 200
+#: Gaussian smoothing (pixels) of the soft-tissue selection, tried in turn.
+_SMOOTHING = (2.0, 5.0)
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseEstimate:
+    """What :func:`estimate_noise` measured, one value per slice.
+
+    Attributes
+    ----------
+    sigma_hu : ndarray (Z,) float64
+        Noise standard deviation in soft tissue (HU).
+    texture : ndarray (Z,) float64
+        Adjacent-difference noise over noise (see the module docstring).
+    kernel_class : tuple of str
+        "smooth", "standard" or "sharp" per slice.
+    measured : ndarray (Z,) bool
+        False where the slice had too little soft tissue and got the volume's median.
+    """
+
+    sigma_hu: np.ndarray
+    texture: np.ndarray
+    kernel_class: tuple[str, ...]
+    measured: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sigma_hu)
+
+
+def kernel_class_of(texture: float) -> str:
+    """The kernel class of a texture ratio (:data:`TEXTURE_THRESHOLDS`)."""
+    lo, hi = TEXTURE_THRESHOLDS
+    return "smooth" if texture < lo else ("sharp" if texture > hi else "standard")
+
+
+def slice_noise_variances(
+    image2d: np.ndarray, tissue: np.ndarray, *, window: int = _WINDOW
+) -> tuple[float, float, int]:
+    """Median patch variance of a slice and of its adjacent-pixel differences.
+
+    Parameters
+    ----------
+    image2d : ndarray (Y, X)
+        Image (or a pure noise image) in HU.
+    tissue : ndarray of bool (Y, X)
+        Where to measure (e.g. the soft tissue of the slice, inside the body).
+    window : int
+        Patch side (odd).
+
+    Returns
+    -------
+    var, diff_var : float
+        Median over the patches wholly in ``tissue`` of the image's variance and of the
+        variance of ``x[:, i] - x[:, i + 1]`` (NaN where there are none).
+    n : int
+        Number of such patches.
+    """
+    from hybrid.physics.estimate import _local_variances
+
+    x = np.asarray(image2d, dtype=np.float64)
+    v = _local_variances(x, tissue, window)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    d = np.zeros_like(x)
+    d[:, :-1] = x[:, 1:] - x[:, :-1]
+    t = tissue.copy()
+    t[:, -1] = False
+    t[:, :-1] &= tissue[:, 1:]
+    dv = _local_variances(d, t, window)
+    return float(np.median(v)), float(np.median(dv)) if dv.size else float("nan"), int(v.size)
+
+
+def tissue_mask(
+    image2d: np.ndarray, body_mask2d: np.ndarray | None = None, *, smoothing: float = 2.0
+) -> np.ndarray:
+    """Soft tissue of a slice: HU smoothed by a ``smoothing``-pixel Gaussian in
+    :data:`hybrid.physics.SOFT_TISSUE_HU`, inside the body."""
+    from scipy import ndimage
+
+    from hybrid.physics.estimate import SOFT_TISSUE_HU
+
+    smooth = ndimage.gaussian_filter(np.asarray(image2d, dtype=np.float32), smoothing)
+    m = (smooth >= SOFT_TISSUE_HU[0]) & (smooth <= SOFT_TISSUE_HU[1])
+    return m if body_mask2d is None else m & body_mask2d
+
+
+def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
+    """Estimate the noise level and texture of each slice from the image alone.
+
+    Parameters
+    ----------
+    image : Volume or ndarray (Z, Y, X) or (Y, X)
+        Image in HU.
+    body_mask : ndarray of bool, same shape, optional
+        Where to look (intersected with the soft tissue); default the whole slice.
+
+    Returns
+    -------
+    NoiseEstimate
+        One value per slice (one slice for a 2-D image).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> est = estimate_noise(40 + 20 * rng.standard_normal((2, 128, 128)))
+    >>> np.round(est.sigma_hu), est.kernel_class
+    (array([20., 20.]), ('sharp', 'sharp'))
+    """
+    from hybrid.volume import Volume
+
+    arr = np.asarray(image.array if isinstance(image, Volume) else image, dtype=np.float32)
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected a 2-D (Y, X) or 3-D (Z, Y, X) image in HU; received shape {arr.shape}."
+        )
+    vol = arr[None] if arr.ndim == 2 else arr
+    mask = None
+    if body_mask is not None:
+        mask = np.asarray(body_mask, dtype=bool)
+        if mask.shape != arr.shape:
+            raise ValueError(
+                f"Expected a body_mask of the image's shape {arr.shape}; received {mask.shape}. "
+                "Pass None to use the whole slice."
+            )
+        mask = mask[None] if arr.ndim == 2 else mask
+    var = np.full(len(vol), np.nan)
+    dvar = np.full(len(vol), np.nan)
+    for k in range(len(vol)):
+        for smoothing in _SMOOTHING:  # stronger where noise hides the tissue (< 1 % dose)
+            t = tissue_mask(vol[k], None if mask is None else mask[k], smoothing=smoothing)
+            v, dv, n = slice_noise_variances(vol[k], t)
+            if n >= _MIN_PATCHES:
+                var[k], dvar[k] = v, dv
+                break
+    return _estimate_from_variances(var, dvar)
+
+
+def _estimate_from_variances(var: np.ndarray, dvar: np.ndarray) -> NoiseEstimate:
+    """:class:`NoiseEstimate` of per-slice variances (NaN: not measured; filled by the median)."""
+    measured = np.isfinite(var) & np.isfinite(dvar) & (var > 0)
+    sigma = np.sqrt(np.where(measured, var, np.nan))
+    texture = np.sqrt(np.where(measured, dvar / 2.0, np.nan)) / sigma
+    if measured.any():
+        sigma = np.where(measured, sigma, np.nanmedian(sigma))
+        texture = np.where(measured, texture, np.nanmedian(texture))
+    else:
+        sigma = np.full(len(var), FALLBACK_SIGMA_HU)
+        texture = np.full(len(var), float(np.mean(TEXTURE_THRESHOLDS)))
+    return NoiseEstimate(
+        sigma_hu=sigma.astype(np.float64),
+        texture=texture.astype(np.float64),
+        kernel_class=tuple(kernel_class_of(float(t)) for t in texture),
+        measured=measured,
+    )

@@ -1,0 +1,231 @@
+"""The noise-aware CNN pair: noise estimate, multi-dose sampler, U-Net, resumable training."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from hybrid.cnn.config import CNNConfig
+from hybrid.cnn.multidose import MultiDoseSampler, make_sources, noise_scale
+from hybrid.cnn.noise import estimate_noise
+
+pytest.importorskip("tensorflow")
+
+
+def _anatomy(shape=(3, 96, 96), seed=0):
+    """A body of 40 HU soft tissue with two lungs (-850 HU), air around; masks."""
+    z, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) / (0.45 * h)) ** 2 + ((xx - w / 2) / (0.47 * w)) ** 2 < 1
+    lung = np.zeros((h, w), bool)
+    for cx in (0.3 * w, 0.7 * w):
+        lung |= ((yy - h / 2) / (0.25 * h)) ** 2 + ((xx - cx) / (0.14 * w)) ** 2 < 1
+    img = np.where(body, 40.0, -1000.0)
+    img = np.where(lung, -850.0, img).astype(np.float32)
+    return (np.repeat(img[None], z, 0), np.repeat(lung[None], z, 0),
+            np.repeat(body[None], z, 0))
+
+
+def _noise(shape, sigma, rng, corr=0.7):
+    n = gaussian_filter(rng.standard_normal(shape), (0, corr, corr))
+    return (n / n.std() * sigma).astype(np.float32)
+
+
+def _case(seed=0, shape=(3, 96, 96), sigma_q=10.0, kind="real"):
+    rng = np.random.default_rng(seed)
+    clean, lung, body = _anatomy(shape)
+    nd = clean + _noise(shape, sigma_q, rng)
+    f0, faug = 0.02, 0.05
+    uld = nd + _noise(shape, sigma_q * np.sqrt(1 / f0 - 1), rng)
+    aug = nd + _noise(shape, sigma_q * np.sqrt(1 / faug - 1), rng)
+    return types.SimpleNamespace(
+        case_id=f"toy{seed}", patient_id=f"toy{seed}", kind=kind, nd=nd,
+        uld=types.SimpleNamespace(array=uld), uld_aug=aug, lung_mask=lung, body_mask=body,
+        meta={"kernel": "standard", "dose_fraction": f0, "aug_dose_fraction": faug})
+
+
+# ------------------------------------------------------------------ noise estimate
+def test_noise_estimate_tracks_dose_within_12_percent():
+    rng = np.random.default_rng(1)
+    clean, _, body = _anatomy((2, 128, 128))
+    sigma_q = 10.0
+    estimates = []
+    for f in (1.0, 0.25, 0.05, 0.01):
+        img = clean + _noise(clean.shape, sigma_q / np.sqrt(f), rng)
+        est = estimate_noise(img, body)
+        true = sigma_q / np.sqrt(f)
+        assert est.measured.all()
+        np.testing.assert_allclose(est.sigma_hu, true, rtol=0.12)
+        estimates.append(est.sigma_hu.mean())
+    assert np.all(np.diff(estimates) > 0)  # monotone in dose
+
+
+def test_noise_texture_orders_kernels():
+    rng = np.random.default_rng(2)
+    clean, _, body = _anatomy((1, 128, 128))
+    white = estimate_noise(clean + 30 * rng.standard_normal(clean.shape), body)
+    smooth = estimate_noise(clean + _noise(clean.shape, 30, rng, corr=1.5), body)
+    assert smooth.texture[0] < 0.55 < white.texture[0]
+    assert smooth.kernel_class == ("smooth",) and white.kernel_class == ("sharp",)
+
+
+def test_noise_estimate_without_soft_tissue_falls_back():
+    est = estimate_noise(np.full((2, 64, 64), -1000.0, np.float32))
+    assert not est.measured.any() and np.all(est.sigma_hu > 0)
+
+
+# ------------------------------------------------------------------ sampler
+@pytest.fixture(scope="module")
+def sources():
+    return make_sources([_case(0), _case(1)], kernels=("standard",))
+
+
+def test_rescaled_noise_has_the_requested_sigma(sources):
+    s = MultiDoseSampler(sources, region="body", patch_size=32, seed=0, augment=False)
+    for f in (0.005, 0.02, 0.1, 0.5):
+        uld, nd, maps, info = s.sample(64, rng=np.random.default_rng(3), doses=[f],
+                                       return_info=True)
+        measured = np.sqrt(np.mean((uld - nd) ** 2))
+        expected = np.sqrt(np.mean(info["added_sigma_hu"] ** 2))
+        assert measured == pytest.approx(expected, rel=0.10)
+        assert expected == pytest.approx(10.0 * np.sqrt(1 / f - 1), rel=0.15)
+        assert np.all(np.diff(maps[:, 0]) == 0) or maps[:, 0].std() < 0.2 * maps[:, 0].mean()
+    uld, nd, maps = s.sample(16, rng=np.random.default_rng(4), doses=[1.0])
+    np.testing.assert_array_equal(uld, nd)  # f = 1: the target is the input
+    assert noise_scale(1.0, 0.02, independent=True) == 0
+
+
+def test_sampler_batches_are_stateless_and_mix_doses(sources):
+    s = MultiDoseSampler(sources, region="body", patch_size=32, seed=5)
+    a, b = s.batch(8, epoch=3, step=2), s.batch(8, epoch=3, step=2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    _, _, _, info = s.sample(400, rng=np.random.default_rng(0), return_info=True)
+    f = info["dose"]
+    assert 0.05 < np.mean(f == 1.0) < 0.2 and f.min() < 0.01 and f.max() == 1.0
+
+
+# ------------------------------------------------------------------ the U-Net
+UNET = dict(region="body", architecture="unet", noise_input=True, depth=2, width=24, scales=3,
+            bottleneck_dilations=(1, 2, 4, 8), patch_size=64, loss="huber")
+
+
+def test_unet_shape_and_receptive_field_at_least_100_px():
+    import tensorflow as tf
+
+    from hybrid.cnn.models import build_model, predict_hu
+
+    cfg = CNNConfig(**UNET)
+    assert cfg.receptive_field >= 100
+    model = build_model(cfg, seed=0)
+    out = predict_hu(model, cfg, np.zeros((2, 37, 50), np.float32),
+                     noise=np.ones((2, 2), np.float32))
+    assert out.shape == (2, 37, 50)
+    res = model.get_layer("residual")
+    res.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
+                     for w in res.get_weights()])
+    n = 256
+    rng = np.random.default_rng(1)  # random input: ReLUs active everywhere
+    x = tf.Variable(rng.standard_normal((1, n, n, 1)).astype(np.float32))
+    m = tf.constant(rng.random((1, n, n, 2)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        y = model([x, m], training=False)[0, n // 2, n // 2, 0]
+    g = np.abs(tape.gradient(y, x).numpy()[0, :, :, 0]) > 0
+    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
+    measured = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    assert 100 <= measured <= cfg.receptive_field
+
+
+def test_shipped_configs_keep_their_json():
+    cfg = CNNConfig.for_region("body")
+    assert "architecture" not in cfg.to_dict()
+    assert CNNConfig.from_dict(cfg.to_dict()) == cfg
+    u = CNNConfig(**UNET)
+    assert CNNConfig.from_json(u.to_json()) == u
+
+
+def test_pair_save_load_round_trip(tmp_path):
+    from hybrid.cnn.infer import CNNPair
+
+    lung = CNNConfig(**{**UNET, "region": "lung", "width": 8, "patch_size": 32})
+    body = CNNConfig(**{**UNET, "width": 8})
+    pair = CNNPair.build(lung, body, seed=0)
+    for m in (pair.lung_model, pair.body_model):  # not the identity
+        r = m.get_layer("residual")
+        r.set_weights([0.01 * np.ones(w.shape, np.float32) for w in r.get_weights()])
+    nd, lmask, _ = _anatomy((2, 96, 96))
+    vol = nd + _noise(nd.shape, 50, np.random.default_rng(0))
+    before = pair.with_settings(precision="float32").propose(vol, lung_mask=lmask).image
+    pair.save(tmp_path / "pair")
+    loaded = CNNPair.load(tmp_path / "pair", precision="float32")
+    np.testing.assert_array_equal(loaded.propose(vol, lung_mask=lmask).image, before)
+    weaker = loaded.with_settings(strength=0.0).propose(vol, lung_mask=lmask).image
+    assert not np.array_equal(weaker, before)
+
+
+# ------------------------------------------------------------------ training
+TINY = dict(region="body", architecture="unet", noise_input=True, depth=2, width=8, scales=2,
+            bottleneck_dilations=(1, 2), patch_size=32, loss="mse", learning_rate=3e-3)
+
+
+def test_resume_equals_uninterrupted(tmp_path, sources):
+    from hybrid.cnn.resumable import train_noise_aware
+
+    cfg = CNNConfig(**TINY)
+    kw = dict(epochs=3, steps_per_epoch=12, batch_size=8, val_patches=8, seed=0)
+    full = train_noise_aware(cfg, sources, sources[:1], out_dir=tmp_path / "a", **kw)
+    train_noise_aware(cfg, sources, sources[:1], out_dir=tmp_path / "b", stop_after=1, **kw)
+    resumed = train_noise_aware(cfg, sources, sources[:1], out_dir=tmp_path / "b", resume=True,
+                                **kw)
+    assert resumed.epochs_run == full.epochs_run == 3
+    for wa, wb in zip(full.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    assert full.history["val_rmse_hu"] == resumed.history["val_rmse_hu"]
+    assert (tmp_path / "a" / "progress.png").is_file() and (tmp_path / "a" / "log.csv").is_file()
+
+
+def test_noise_map_conditions_the_output(sources):
+    """After a short training on a toy problem, a model told sigma = 0 changes its input
+    less than the same model told the input's true sigma."""
+    import keras
+
+    from hybrid.cnn.models import build_model, predict_hu
+    from hybrid.cnn.resumable import _compile, _inputs
+
+    cfg = CNNConfig(region="body", noise_input=True, depth=4, width=16, patch_size=32,
+                    loss="mse", learning_rate=3e-3)
+    s = MultiDoseSampler(sources, region="body", patch_size=32, seed=2)
+    uld, nd, maps = s.sample(512, rng=np.random.default_rng(0))
+    x, m = _inputs(cfg, uld, maps)
+    keras.utils.set_random_seed(0)
+    model = _compile(build_model(cfg, seed=0), cfg, 400)
+    model.fit([x, m], cfg.normalize(nd)[..., None], batch_size=16, epochs=6, verbose=0)
+    uld, _, maps = s.sample(16, rng=np.random.default_rng(9), doses=[0.05])
+    change = {}
+    for sigma in (0.0, float(maps[:, 0].mean())):
+        out = predict_hu(model, cfg, uld, noise=np.tile([[sigma, maps[0, 1]]], (16, 1)))
+        change[sigma > 0] = np.sqrt(np.mean((out - uld) ** 2))
+    assert change[False] < 0.7 * change[True]
+
+
+def test_recipe_configs_load_and_shipped_is_unchanged():
+    from hybrid import recipe
+
+    shipped = recipe.load_config("shipped")
+    assert shipped.cnn.noise is None and "noise" not in shipped.to_dict()["cnn"]
+    for name in ("noise_aware", "noise_aware_fast"):
+        cfg = recipe.load_config(name)
+        assert cfg.cnn.noise["dose_range"] == [0.005, 1.0]
+        body = CNNConfig.from_dict(cfg.cnn.body)
+        assert body.noise_input and body.architecture == "unet"
+    assert CNNConfig.from_dict(recipe.load_config("noise_aware").cnn.body).receptive_field >= 100
+
+
+def test_estimate_survives_very_noisy_slices():
+    rng = np.random.default_rng(3)
+    clean, _, body = _anatomy((1, 160, 160))
+    est = estimate_noise(clean + 600 * rng.standard_normal(clean.shape), body)
+    assert est.measured.all() and est.sigma_hu[0] == pytest.approx(600, rel=0.15)
