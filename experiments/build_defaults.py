@@ -63,7 +63,7 @@ def cmd_calibrate(args) -> None:
     models = train(args.data, split=load_split(), config=_config(args), stages=("blender",),
                    out={"blender": ASSETS / "blend.json"})
     b = models.blender
-    print(f"blender: {b.mode}; calibration {json.dumps(b.calibration)}")
+    print(f"blender: {b.info()}; calibration {json.dumps(b.calibration)}")
 
 
 def heldout_report(root, enhancer, *, patients: Sequence[str]) -> list[dict[str, Any]]:

@@ -233,16 +233,67 @@ class Baseline:
 
 
 class InputBaseline(Baseline):
-    """The ULD input itself: the floor every method must beat.
+    """The ULD input itself: the floor every method must beat, and the blender's way
+    to leave a scan that is not noisy alone.
 
-    ``propose`` returns a float32 copy of the input.
+    ``propose`` returns a float32 copy of the input with, as its uncertainty, each
+    slice's :func:`hybrid.cnn.noise.noise_ratio` (kind "noise_ratio": the estimated
+    noise over a typical normal-dose scan's of its kernel class, measured inside
+    ``body_mask``) broadcast over the slice.  The shipped blender weighs the input
+    against the restored image by it, so a normal-dose scan comes back nearly as it
+    went in and a low-dose one restored.
+
+    Parameters
+    ----------
+    kernel : {"smooth", "standard", "sharp"}, optional
+        The scan's kernel class where known (a Volume's ``provenance.kernel`` is used
+        when this is None); otherwise it is estimated per slice from the noise texture.
     """
 
     name = "input"
     default_grid: ClassVar[dict[str, list[Any]]] = {}
 
+    def __init__(self, *, kernel: str | None = None) -> None:
+        from hybrid.cnn.noise import NORMAL_DOSE_SIGMA_HU
+
+        if kernel is not None and kernel not in NORMAL_DOSE_SIGMA_HU:
+            raise ValueError(f"Invalid value for `kernel`. Expected None or one of "
+                             f"{sorted(NORMAL_DOSE_SIGMA_HU)}; received {kernel!r}.")
+        self.kernel = kernel
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"kernel": self.kernel} if self.kernel is not None else {}
+
     def _denoise_slice(self, slice_hu, body):
         return slice_hu
+
+    def propose(self, volume_or_array: Any, *, lung_mask: Any = None,
+                body_mask: Any = None) -> Proposal:
+        from hybrid.cnn.noise import noise_ratio
+        from hybrid.physics import kernel_for
+
+        p = super().propose(volume_or_array, lung_mask=lung_mask, body_mask=body_mask)
+        stack, _ = as_stack(volume_or_array, name="volume_or_array")
+        body = as_mask(body_mask, stack.shape, name="body_mask")
+        kernel = self.kernel
+        dicom_kernel = getattr(getattr(volume_or_array, "provenance", None), "kernel", None)
+        if kernel is None and dicom_kernel:
+            kernel = kernel_for(dicom_kernel)
+        return self.with_ratio(p.image, noise_ratio(stack, body, kernel=kernel))
+
+    @classmethod
+    def with_ratio(cls, image: np.ndarray, ratio: np.ndarray) -> Proposal:
+        """The input proposal of ``image`` (Z, Y, X) or (Y, X) with per-slice noise ratios
+        measured beforehand (the Enhancer measures them once on the whole volume, so that
+        the result does not depend on how it batches slices)."""
+        image = np.asarray(image, np.float32)
+        r = np.asarray(ratio, np.float32).reshape(-1)
+        shape3 = image.shape if image.ndim == 3 else (1, *image.shape)
+        if len(r) != shape3[0]:
+            raise ValueError(f"Expected one noise ratio per slice ({shape3[0]}); received {len(r)}.")
+        unc = np.broadcast_to(r[:, None, None], shape3).reshape(image.shape).copy()
+        return Proposal(image=image, uncertainty=unc, kind="noise_ratio", name=cls.name)
 
 
 class GaussianBaseline(Baseline):

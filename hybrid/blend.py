@@ -266,9 +266,14 @@ class Blender:
                                                  np.abs(candidate.image - base.image))
 
     def blend(self, base: Proposal, *candidates: Proposal) -> BlendResult:
-        """Join the proposals pixel by pixel: ``(1 - sum w_i) base + sum w_i c_i``.
+        """Join the proposals pixel by pixel, the candidates in turn.
 
-        Where the candidates' weights sum to more than 1 they are scaled to sum to 1.
+        Each candidate replaces the image so far where its rule trusts it:
+        ``image <- (1 - w_i) image + w_i c_i``, ``w_i`` from its uncertainty and its
+        disagreement with the image so far (for the first: the base).  So a later
+        candidate (the shipped "input" rule comes last) has the last word.  The
+        returned weights are each candidate's share of the result,
+        ``w_i * prod_{j > i} (1 - w_j)``; with the base's share they sum to 1.
         """
         if not candidates:
             raise ValueError("Expected at least one candidate proposal besides the base; received none.")
@@ -278,16 +283,14 @@ class Blender:
                     f"Expected proposals of one shape; received {base.name or 'base'} "
                     f"{base.image.shape} and {c.name} {c.image.shape}."
                 )
-        ws = [self.weight(c, base) for c in candidates]
-        if len(ws) > 1:
-            total = np.sum(ws, axis=0)
-            scale = 1.0 / np.maximum(total, 1.0)
-            ws = [(w * scale).astype(np.float32) for w in ws]
-        rest = 1.0 - ws[0] if len(ws) == 1 else 1.0 - np.sum(ws, axis=0)
-        out = rest * base.image
-        for w, c in zip(ws, candidates):
-            out = w * c.image + out
-        return BlendResult(out.astype(np.float32), {c.name: w for c, w in zip(candidates, ws)})
+        out = base.image
+        shares: dict[str, np.ndarray] = {}
+        for c in candidates:
+            w = self.weight(c, Proposal(out, name=base.name))
+            shares = {k: (v * (1.0 - w)).astype(np.float32) for k, v in shares.items()}
+            shares[c.name] = w
+            out = w * c.image + (1.0 - w) * out
+        return BlendResult(np.asarray(out, np.float32), shares)
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -342,6 +345,7 @@ def calibrate(
     balance: bool = True,
     seed: int = 0,
     candidate: str = "dictionary",
+    monotone: bool = False,
 ) -> Blender:
     """Choose blending parameters that minimise RMSE (HU) inside the body.
 
@@ -369,6 +373,11 @@ def calibrate(
         MSE; the reported RMSEs are the balanced ones.
     candidate : str
         Name of the candidate proposer the samples' second image and distance come from.
+    monotone : bool
+        Only rules whose weight never rises with the uncertainty: the hard, soft and
+        (least-squares non-increasing) table rules, no table2d.  For a physical
+        uncertainty such as the input's noise ratio, where more noise can only mean less
+        trust, this keeps a few noisy bins from deciding the rule.
 
     Returns
     -------
@@ -408,15 +417,16 @@ def calibrate(
             r = _rmse_for(cand.weight(dist), cnn, dic, nd, pw)
             table.append({"mode": "soft", "threshold": float(t), "softness": float(s), "rmse_hu": r})
             best = min(best, (r, cand), key=lambda x: x[0])
-    table_blender = _fit_table(cnn, dic, dist, nd, pw, n_bins=n_bins)
+    table_blender = _fit_table(cnn, dic, dist, nd, pw, n_bins=n_bins, monotone=monotone)
     r = _rmse_for(table_blender.weight(dist), cnn, dic, nd, pw)
     table.append({"mode": "table", "bins": n_bins, "rmse_hu": r})
     best = min(best, (r, table_blender), key=lambda x: x[0])
-    g = np.abs(dic - cnn)
-    table2 = _fit_table2d(cnn, dic, dist, g, nd, pw, n_bins=n_bins2d)
-    r = _rmse_for(table2.weight(dist, g), cnn, dic, nd, pw)
-    table.append({"mode": "table2d", "bins": list(n_bins2d), "rmse_hu": r})
-    best = min(best, (r, table2), key=lambda x: x[0])
+    if not monotone:
+        g = np.abs(dic - cnn)
+        table2 = _fit_table2d(cnn, dic, dist, g, nd, pw, n_bins=n_bins2d)
+        r = _rmse_for(table2.weight(dist, g), cnn, dic, nd, pw)
+        table.append({"mode": "table2d", "bins": list(n_bins2d), "rmse_hu": r})
+        best = min(best, (r, table2), key=lambda x: x[0])
     rmse_best, chosen = best
     info = {
         "pixels": int(len(cnn)),
@@ -425,27 +435,49 @@ def calibrate(
         "rmse_dictionary_hu": _rmse_for(1.0, cnn, dic, nd, pw),
         "rmse_blend_hu": float(rmse_best),
         "candidates": len(table),
+        "monotone": bool(monotone),
     }
     return Blender({candidate: chosen}, calibration=info)
 
 
-def _fit_table(cnn, dic, dist, nd, pw, *, n_bins: int) -> TableMode:
-    """Weighted least-squares dictionary weight per distance-quantile bin (see module docs)."""
+def _decreasing(w: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted least-squares non-increasing fit of ``w`` (pool adjacent violators).
+
+    Per bin the calibration objective is ``weight * (v - w)**2`` plus a constant, so this
+    is the best non-increasing table."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for v, c in zip(w.tolist(), np.maximum(weight, 1e-12).tolist()):
+        blocks.append([v, c, 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            v2, c2, n2 = blocks.pop()
+            v1, c1, n1 = blocks.pop()
+            blocks.append([(v1 * c1 + v2 * c2) / (c1 + c2), c1 + c2, n1 + n2])
+    return np.concatenate([np.full(n, v) for v, _, n in blocks])
+
+
+def _fit_table(cnn, dic, dist, nd, pw, *, n_bins: int, monotone: bool = False) -> TableMode:
+    """Weighted least-squares dictionary weight per distance-quantile bin (see module docs);
+    ``monotone``: the best table that never rises with the distance."""
     finite = np.isfinite(dist)
     cnn, dic, dist, nd, pw = cnn[finite], dic[finite], dist[finite], nd[finite], pw[finite]
-    edges = np.unique(np.quantile(dist, np.linspace(0, 1, n_bins + 1)))
-    which = np.clip(np.searchsorted(edges, dist, side="right") - 1, 0, len(edges) - 2)
+    edges, which = _quantile_bins(dist, n_bins)
     diff = (dic - cnn).astype(np.float64)
     num = np.bincount(which, pw * diff * (nd - cnn), minlength=len(edges) - 1)
     den = np.bincount(which, pw * diff * diff, minlength=len(edges) - 1)
     w = np.clip(num / np.maximum(den, 1e-9), 0.0, 1.0)
+    if monotone:
+        w = _decreasing(w, den)
     centres = np.bincount(which, dist, minlength=len(edges) - 1) / np.maximum(
         np.bincount(which, minlength=len(edges) - 1), 1)
+    if len(centres) == 1:  # one value of the uncertainty throughout: a constant rule
+        centres, w = np.array([centres[0], centres[0] + 1.0]), np.repeat(w, 2)
     return TableMode(tuple(zip(centres.tolist(), w.tolist())))
 
 
 def _quantile_bins(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     edges = np.unique(np.quantile(x, np.linspace(0, 1, n + 1)))
+    if len(edges) < 2:  # a single value: one bin
+        edges = np.array([edges[0], edges[0] + 1.0])
     which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
     return edges, which
 

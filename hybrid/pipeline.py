@@ -88,8 +88,15 @@ class EnhanceMaps:
         (about 1 or below: as good a match as the noise allows; ``inf``
         outside the body).
     dictionary_weight : ndarray of float32 in [0, 1]
-        The source map: the blender's weight of the dictionary (1 =
-        dictionary, 0 = CNN).
+        The source map: the dictionary's share of the result (1 =
+        dictionary, 0 = CNN or input).
+    noise_ratio : ndarray of float32
+        Each slice's estimated noise over a normal-dose scan's of its noise
+        texture (:func:`hybrid.cnn.noise.noise_ratio`), broadcast over the slice.
+    input_weight : ndarray of float32 in [0, 1]
+        The input's share of the result (its blender rule, from ``noise_ratio``:
+        near 1 on a normal-dose scan, near 0 at ultra-low dose; all 0 for a
+        blender without an "input" rule).
     info : dict
         Settings of the run (version, dose fraction, stride, blender, models).
     """
@@ -100,9 +107,12 @@ class EnhanceMaps:
     dictionary: np.ndarray
     distance: np.ndarray
     dictionary_weight: np.ndarray
+    noise_ratio: np.ndarray
+    input_weight: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
 
-    ARRAYS = ("lung_mask", "body_mask", "cnn", "dictionary", "distance", "dictionary_weight")
+    ARRAYS = ("lung_mask", "body_mask", "cnn", "dictionary", "distance", "dictionary_weight",
+              "noise_ratio", "input_weight")
 
     @property
     def source_map(self) -> np.ndarray:
@@ -120,7 +130,8 @@ class EnhanceMaps:
 
         One dataset per map (``lung_mask``, ``body_mask`` uint8;
         ``cnn``, ``dictionary`` HU float32; ``distance`` float32 with ``inf``
-        outside the body; ``dictionary_weight`` float32 in [0, 1]) and file
+        outside the body; ``dictionary_weight``, ``input_weight`` float32 in
+        [0, 1]; ``noise_ratio`` float32) and file
         attributes ``format="hybrid-enhance-maps"``, ``version=1``,
         ``axes``, ``spacing`` (mm) and ``info`` (JSON).
         """
@@ -132,13 +143,26 @@ class EnhanceMaps:
             attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
         attrs["info"] = self.info  # stored as JSON
         units = {"cnn": "HU", "dictionary": "HU", "distance": "normalised NN distance",
-                 "dictionary_weight": "1 = dictionary, 0 = CNN"}
+                 "dictionary_weight": "share of the dictionary", "noise_ratio":
+                 "noise over a normal-dose scan's", "input_weight": "share of the input"}
         return write_arrays(path, {name: getattr(self, name) for name in self.ARRAYS},
                             attrs=attrs, units={n: units.get(n, "mask") for n in self.ARRAYS},
                             overwrite=overwrite)
 
 
 def _check_dose(dose_fraction: Any) -> float | None:
+    """The validated dose hint; warns outside :data:`TRAINED_DOSE_RANGE`."""
+    dose = _valid_dose(dose_fraction)
+    if dose is not None and not (TRAINED_DOSE_RANGE[0] <= dose <= TRAINED_DOSE_RANGE[1]):
+        warnings.warn(
+            f"dose_fraction={dose:g} is outside the range the models were trained on "
+            f"({TRAINED_DOSE_RANGE[0]:g}-{TRAINED_DOSE_RANGE[1]:g}); results may be worse.",
+            stacklevel=3,
+        )
+    return dose
+
+
+def _valid_dose(dose_fraction: Any) -> float | None:
     if dose_fraction is None:
         return None
     try:
@@ -367,12 +391,6 @@ class Enhancer:
         arr, two_d = as_stack(volume, name="the input")
         vol = volume if isinstance(volume, Volume) else None
         dose = _check_dose(dose_fraction)
-        if dose is not None and not (TRAINED_DOSE_RANGE[0] <= dose <= TRAINED_DOSE_RANGE[1]):
-            warnings.warn(
-                f"dose_fraction={dose:g} is outside the range the models were trained on "
-                f"({TRAINED_DOSE_RANGE[0]:g}-{TRAINED_DOSE_RANGE[1]:g}); results may be worse.",
-                stacklevel=2,
-            )
         ps = self.dictionary.patch_size
         if min(arr.shape[1:]) < ps:
             raise ValueError(
@@ -383,7 +401,10 @@ class Enhancer:
 
         from tqdm.auto import tqdm
 
+        from hybrid.baselines import InputBaseline
+        from hybrid.cnn.noise import noise_ratio
         from hybrid.lung import body_mask, segment
+        from hybrid.physics import kernel_for
 
         nz = arr.shape[0]
         bar = tqdm(total=nz, desc="hybrid.enhance", unit="slice", disable=not progress,
@@ -398,12 +419,19 @@ class Enhancer:
                       "blend": 0.0}
             bar.set_description("hybrid.enhance")
             out = np.empty(arr.shape, np.float32)
+            keep_input = "input" in self.blender.modes
+            kernel = (kernel_for(vol.provenance.kernel)
+                      if vol is not None and vol.provenance.kernel else None)
+            # once on the whole volume: slices without soft tissue take the volume's median
+            ratio = noise_ratio(arr, body, kernel=kernel) if keep_input or return_maps else None
             if return_maps:
                 maps = {
                     "cnn": np.empty(arr.shape, np.float32),
                     "dictionary": np.empty(arr.shape, np.float32),
                     "distance": np.empty(arr.shape, np.float32),
                     "dictionary_weight": np.empty(arr.shape, np.float32),
+                    "noise_ratio": np.empty(arr.shape, np.float32),
+                    "input_weight": np.zeros(arr.shape, np.float32),
                 }
             for start in range(0, nz, self.batch_slices):
                 s = slice(start, min(start + self.batch_slices, nz))
@@ -415,7 +443,12 @@ class Enhancer:
                 dict_p = self.dictionary.propose(x, body_mask=body[s])
                 stages["dictionary"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                res = self.blender.blend(cnn_p, dict_p)
+                cands = [dict_p]
+                if keep_input or return_maps:
+                    input_p = InputBaseline.with_ratio(x, ratio[s])
+                    if keep_input:
+                        cands.append(input_p)
+                res = self.blender.blend(cnn_p, *cands)
                 out[s] = res.image
                 stages["blend"] += time.perf_counter() - clock
                 if return_maps:
@@ -423,6 +456,9 @@ class Enhancer:
                     maps["dictionary"][s] = dict_p.image
                     maps["distance"][s] = dict_p.uncertainty
                     maps["dictionary_weight"][s] = res.weights["dictionary"]
+                    maps["noise_ratio"][s] = input_p.uncertainty
+                    if keep_input:
+                        maps["input_weight"][s] = res.weights["input"]
                 bar.update(s.stop - s.start)
         finally:
             bar.close()
@@ -461,6 +497,7 @@ class Enhancer:
             lung_mask=sq(lung), body_mask=sq(body),
             cnn=sq(maps["cnn"]), dictionary=sq(maps["dictionary"]),
             distance=sq(maps["distance"]), dictionary_weight=sq(maps["dictionary_weight"]),
+            noise_ratio=sq(maps["noise_ratio"]), input_weight=sq(maps["input_weight"]),
             info=info,
         )
         return result, em

@@ -31,6 +31,8 @@ UNCERTAINTY_KINDS = {
                    "(about 1 or below: as close as the noise allows; inf: no match)",
     "flip_disagreement_hu": "|f(x) - mirror(f(mirror(x)))| in HU between the proposer's "
                             "estimates of the image and of its left-right mirror",
+    "noise_ratio": "estimated noise of the slice over that of a normal-dose scan of its "
+                   "noise texture (about 1 or below: normal dose; 1/sqrt(f) at dose fraction f)",
 }
 
 

@@ -46,6 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hybrid.calibration import calibrate_blender, calibration_samples
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -236,12 +238,15 @@ class DictionaryStage:
 
 @dataclasses.dataclass(frozen=True)
 class BlenderStage:
-    """How the blender is calibrated (:func:`calibration_samples`): the dictionary's query
-    ``stride`` (N or (Y, X)), each case's other dose (``include_aug``) and sharp variants."""
+    """How the blender is calibrated (:mod:`hybrid.calibration`): the dictionary's query
+    ``stride`` (N or (Y, X)), each case's other dose (``include_aug``) and sharp variants;
+    optionally (``input_rule``: ``{"doses": [...], "slices_per_case": N}``) the rule that
+    gives the input back where it is not noisy, calibrated at those doses."""
 
     stride: int | tuple[int, int]
     include_aug: bool
     sharp_variants: bool
+    input_rule: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stride, (list, tuple)):
@@ -264,7 +269,7 @@ class RecipeConfig:
         parts = {"cnn": CNNStage, "dictionary": DictionaryStage, "blender": BlenderStage}
         for name, part in parts.items():
             d[name] = part(**_strict(d[name], part, f"{where}, section {name!r}",
-                                     optional=("noise",) if name == "cnn" else ()))
+                                     optional={"cnn": ("noise",), "blender": ("input_rule",)}.get(name, ())))
         from hybrid.cnn.config import CNNConfig  # light: no TensorFlow
 
         for region in REGIONS:  # fail at load, not after an hour of training
@@ -288,6 +293,8 @@ class RecipeConfig:
         out = json.loads(json.dumps(dataclasses.asdict(self)))
         if out["cnn"]["noise"] is None:
             del out["cnn"]["noise"]  # the files without it, unchanged
+        if out["blender"]["input_rule"] is None:
+            del out["blender"]["input_rule"]
         return out
 
     def with_cnn(self, **changes: Any) -> RecipeConfig:
@@ -709,71 +716,4 @@ def build_dictionary(cases: Sequence[Any], *, config: RecipeConfig, name: str = 
     return PatchDictionary.build(pairs, config=cfg, name=name, verbose=verbose)
 
 
-# ---------------------------------------------------------------- stage 3: the blender
-def calibration_samples(cases: Iterable[Any], cnn: Any, dictionary: Any, *,
-                        stride: int | tuple[int, int] = 2, include_aug: bool = True,
-                        sharp_variants: bool = True) -> tuple[list[tuple], int]:
-    """Blender calibration samples ``(cnn, dictionary, distance, nd, body)`` of paired cases.
-
-    Each case at its nominal dose and (``include_aug``) its other dose (1–10 %), so
-    that the weights hold across doses.  With ``sharp_variants`` each *real* case
-    reconstructed with a smooth or standard kernel also contributes a sharp-kernel
-    version of itself: its normal-dose image re-filtered to the sharp kernel
-    (:func:`hybrid.physics.convert_kernel`) and that image's simulated 2 % and 5 %
-    doses.  Why: the only other sharp calibration data are phantoms, on which the
-    dictionary helps more than on real sharp-kernel scans (measured:
-    ``experiments/results/hybrid_heldout.md``).  Returns the samples and the number of
-    sharp variants made.
-    """
-    from hybrid.lung import segment
-    from hybrid.physics import convert_kernel, simulate_low_dose
-    from hybrid.volume import Volume
-
-    samples = []
-    query = dictionary.with_settings(stride=stride)
-
-    def add(uld, nd, body, spacing):
-        lung = segment(uld, spacing=spacing)
-        c = cnn.propose(uld, lung_mask=lung)
-        d = query.propose(uld, body_mask=body)
-        samples.append((c.image, d.image, d.uncertainty, nd, body))
-
-    n_sharp = 0
-    for case in cases:
-        inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
-        for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
-            add(uld, case.nd, case.body_mask, case.uld.spacing)
-        if sharp_variants and case.kind == "real" and case.meta.get("kernel") != "sharp":
-            nd = convert_kernel(case.nd, case.meta.get("kernel") or "standard", "sharp")
-            for i, f in enumerate((0.02, 0.05)):
-                uld = simulate_low_dose(Volume(nd, case.uld.spacing), f, rng=2018 + i,
-                                        kernel="sharp", progress=False)
-                add(uld.array, nd, case.body_mask, case.uld.spacing)
-                n_sharp += 1
-        log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
-    return samples, n_sharp
-
-
-def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
-                      patients: Sequence[str], config: RecipeConfig):
-    """Calibrate the blender on ``cases`` (the calibration patients') with these models.
-
-    ``calibration`` records the patients, stride, ``include_aug`` and the number of
-    sharp variants; ``calibrated_with`` the digests of the CNN pair and dictionary
-    (those known: a model never saved nor loaded has none).
-    """
-    from hybrid.blend import Blender, calibrate
-
-    stage = config.blender
-    samples, n_sharp = calibration_samples(cases, cnn, dictionary, stride=stage.stride,
-                                           include_aug=stage.include_aug,
-                                           sharp_variants=stage.sharp_variants)
-    if not samples:
-        raise ValueError(f"Expected cases of the calibration patients {list(patients)}; "
-                         "received none. Check the split and the dataset.")
-    b = calibrate(samples)
-    digests = {"cnn": getattr(cnn, "digest", None), "dictionary": getattr(dictionary, "digest", None)}
-    calibration = dict(b.calibration, patients=list(patients), stride=stage.stride,
-                       include_aug=stage.include_aug, sharp_variants=n_sharp)
-    return Blender(b.modes, calibration=calibration,
-                   calibrated_with={k: v for k, v in digests.items() if v})
+# stage 3, the blender: hybrid.calibration (calibrate_blender, calibration_samples)

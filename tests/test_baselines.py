@@ -100,7 +100,10 @@ def test_2d_shape_dtype_and_input_untouched(name, slice_pair, slice_results):
     assert prop.name == name
     assert prop.image.shape == noisy.shape
     assert prop.image.dtype == np.float32
-    assert prop.uncertainty is None
+    if name == "input":  # the input carries its noise ratio for the blender (test_input_rule.py)
+        assert prop.kind == "noise_ratio" and prop.uncertainty.shape == noisy.shape
+    else:
+        assert prop.uncertainty is None
     assert np.isfinite(prop.image).all()
 
 

@@ -68,20 +68,24 @@ def test_blend_uses_weights_and_checks_shapes(rng):
         b.blend(Proposal(cnn, name="cnn"))
 
 
-def test_two_candidates_weights_never_sum_above_one(rng):
+def test_two_candidates_take_turns_and_shares_sum_to_one(rng):
+    """Candidates in turn: where both are trusted the later one wins; the shares of the
+    base and the candidates sum to 1 and rebuild the image."""
     cnn, dic, dist, nd, _ = _synthetic(rng, 1000)
     prior = nd + 1.0
-    b = Blender({"dictionary": HardMode(1.0), "prior": HardMode(1.5)})
+    b = Blender({"dictionary": SoftMode(1.0, 0.2), "prior": HardMode(1.5)})
     out = b.blend(Proposal(cnn, name="cnn"), _dict(dic, dist),
                   Proposal(prior, dist, "nn_distance", name="prior"))
-    total = out.weights["dictionary"] + out.weights["prior"]
-    assert total.max() <= 1.0 + 1e-6
-    both = dist < 1.0  # both trusted: half each
-    np.testing.assert_allclose(out.image[both], 0.5 * dic[both] + 0.5 * prior[both], atol=1e-3)
-    only_prior = (dist >= 1.0) & (dist < 1.5)
-    np.testing.assert_array_equal(out.image[only_prior], prior[only_prior])
+    wd, wp = out.weights["dictionary"], out.weights["prior"]
+    assert (wd >= 0).all() and (wd + wp).max() <= 1.0 + 1e-6
+    np.testing.assert_allclose((1 - wd - wp) * cnn + wd * dic + wp * prior, out.image,
+                               rtol=0, atol=1e-3)
+    both = dist < 1.5  # the prior (later) is trusted: it replaces whatever came before
+    np.testing.assert_array_equal(out.image[both], prior[both])
+    assert (wd[both] == 0).all()
     neither = dist >= 1.5
-    np.testing.assert_array_equal(out.image[neither], cnn[neither])
+    w = SoftMode(1.0, 0.2).weight(dist)
+    np.testing.assert_allclose(out.image[neither], (w * dic + (1 - w) * cnn)[neither], atol=1e-3)
 
 
 def test_table2d_interpolates_bilinearly_and_is_constant_beyond_the_knots():
@@ -157,3 +161,37 @@ def test_table_weight_is_least_squares_optimal_per_bin(rng):
     assert w[4] == 0
     c = b.calibration
     assert c["rmse_blend_hu"] < min(c["rmse_cnn_hu"], c["rmse_dictionary_hu"])
+
+
+def test_monotone_calibration_gives_a_table_that_never_rises():
+    """Pool adjacent violators: the weighted least-squares non-increasing fit (a rising pair
+    becomes its weighted mean; a decreasing sequence is kept)."""
+    from hybrid.blend import _decreasing, calibrate
+
+    np.testing.assert_allclose(_decreasing(np.array([1.0, 0.5, 0.7, 0.2]), np.array([1, 1, 3, 1.0])),
+                               [1.0, 0.65, 0.65, 0.2])
+    np.testing.assert_array_equal(_decreasing(np.array([0.9, 0.4, 0.1]), np.ones(3)), [0.9, 0.4, 0.1])
+    rng = np.random.default_rng(3)
+    nd = rng.normal(0, 50, 20000).astype(np.float32)
+    ratio = rng.uniform(0.5, 8.0, nd.size).astype(np.float32)
+    x = nd + ratio * rng.normal(0, 5, nd.size).astype(np.float32)  # noisier where ratio is high
+    base = nd + rng.normal(0, 8, nd.size).astype(np.float32)
+    b = calibrate([(base, x, ratio, nd, np.ones(nd.size, bool))], candidate="input", monotone=True)
+    w = b.modes["input"].weight(np.sort(ratio))
+    assert np.all(np.diff(w) <= 1e-6) and w[0] > 0.5 > w[-1]
+    assert b.calibration["monotone"] and b.calibration["rmse_blend_hu"] < b.calibration["rmse_cnn_hu"]
+
+
+def test_calibration_on_a_constant_uncertainty_gives_a_constant_rule():
+    """Tiny slices (too little tissue to measure the noise) all read the fallback ratio:
+    the table is then the one least-squares weight, not an error."""
+    from hybrid.blend import calibrate
+
+    rng = np.random.default_rng(4)
+    nd = rng.normal(0, 50, 5000).astype(np.float32)
+    x, base = nd + rng.normal(0, 10, nd.size), nd + rng.normal(0, 10, nd.size)
+    ratio = np.full(nd.size, 1.6, np.float32)
+    b = calibrate([(base.astype(np.float32), x.astype(np.float32), ratio, nd,
+                    np.ones(nd.size, bool))], candidate="input", monotone=True)
+    w = b.modes["input"].weight(np.array([0.5, 1.6, 9.0], np.float32))
+    assert np.ptp(w) == 0 and 0.3 < w[0] < 0.7  # equal noise: about half each

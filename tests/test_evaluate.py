@@ -202,6 +202,15 @@ def test_dose_sweep_fast_end_to_end(tiny, tmp_path):
     with pytest.raises(ValueError, match="held-out"):
         ev.dose_sweep(tiny, patients=("P01", "P02"), tune_cases={"P01": ["P02"], "P02": ["P03"]},
                       fast=True, enhancer=_FakeEnhancer())
+    # new models, same inputs: the baseline rows and tuning are reused, not recomputed
+    again = ev.dose_sweep(tiny, patients=("P01",), tune_cases={"P01": ["P02", "P03"]}, fast=True,
+                          enhancer=_FakeEnhancer(), reuse_baselines=tmp_path / "dose_sweep.json")
+    assert len(again["reused_baselines"]["case_doses"]) == len(doses)
+    assert again["tuning"] == saved["tuning"]
+    key = lambda r: (r["dose_fraction"], r["method"])  # noqa: E731
+    for r, q in zip(sorted(again["rows"], key=key), sorted(saved["rows"], key=key)):
+        assert key(r) == key(q)
+        assert r["rmse_hu"] == pytest.approx(q["rmse_hu"], rel=1e-12)
 
 
 def test_real_pairs_fast_end_to_end(tiny, tmp_path):

@@ -202,3 +202,43 @@ def _estimate_from_variances(var: np.ndarray, dvar: np.ndarray) -> NoiseEstimate
         kernel_class=tuple(kernel_class_of(float(t)) for t in texture),
         measured=measured,
     )
+
+
+# ------------------------------------------------- how far above a normal dose
+
+#: Typical normal-dose soft-tissue noise (HU) per kernel class: the medians over the
+#: normal-dose slices of the CNN training cases of that class (never a held-out or
+#: calibration patient); measured by ``python experiments/noise_reference.py``
+#: (``experiments/results/noise_reference.json``).  A sharp kernel's normal-dose noise is
+#: several times a standard kernel's, so a noise level alone does not tell a low dose.
+NORMAL_DOSE_SIGMA_HU = {"smooth": 9.3, "standard": 20.2, "sharp": 111.6}
+
+
+def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None) -> np.ndarray:
+    """Per slice, the estimated noise over a typical normal-dose scan's of its kernel class.
+
+    About 1 or below for a normal-dose scan, about ``1 / sqrt(f)`` times that at dose
+    fraction ``f``: the dose-independent measure of how noisy a slice is that the
+    blender's input rule (:class:`hybrid.baselines.InputBaseline`) is calibrated on.
+
+    Parameters
+    ----------
+    image, body_mask
+        As for :func:`estimate_noise`.
+    kernel : {"smooth", "standard", "sharp"}, optional
+        The kernel class when it is known (a DICOM series says it:
+        :func:`hybrid.physics.kernel_for` of its ConvolutionKernel).  Default: each
+        slice's :attr:`NoiseEstimate.kernel_class` from its noise texture, which is
+        less reliable: a simulated low dose of a standard-kernel scan can read as sharp
+        (its added noise is whiter than the scan's own).
+
+    Returns
+    -------
+    ndarray (Z,) float64 (one value for a 2-D image).
+    """
+    if kernel is not None and kernel not in NORMAL_DOSE_SIGMA_HU:
+        raise ValueError(f"Invalid value for argument `kernel`. Expected None or one of "
+                         f"{sorted(NORMAL_DOSE_SIGMA_HU)}. Received kernel={kernel!r}")
+    est = estimate_noise(image, body_mask)
+    classes = est.kernel_class if kernel is None else (kernel,) * len(est)
+    return est.sigma_hu / np.array([NORMAL_DOSE_SIGMA_HU[c] for c in classes])

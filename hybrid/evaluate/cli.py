@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="training slices per tuning set and dose")
     d.add_argument("--fast", action="store_true",
                    help="smoke run: 1 slice per case, 1 tuning slice, tiny grids")
+    d.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
+                   help="a previous dose_sweep.json: reuse its baseline rows where the "
+                        "input is exactly the same (new models, no BM3D re-run)")
     r = sub.add_parser("real-pairs", help="every method on the real quarter-dose pairs (check "
                        "only; baselines tuned on training patients at 25 %% dose; make real-pairs)")
     r.add_argument("--data", type=Path, default=Path("data"), help="paired dataset, for tuning")
@@ -86,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wall {res['wall_seconds']:.0f} s")
     elif args.cmd == "dose-sweep":
         dose_sweep(args.data, cases=args.cases, doses=args.doses, methods=args.methods,
-                   n_slices=args.slices, tune_slices=args.tune_slices, fast=args.fast, out=args.out)
+                   n_slices=args.slices, tune_slices=args.tune_slices, fast=args.fast, out=args.out,
+                   reuse_baselines=args.reuse_baselines)
         print((Path(args.out) / "dose_sweep.md").read_text())
     elif args.cmd == "real-pairs":
         from hybrid.evaluate.real_pairs import real_pairs

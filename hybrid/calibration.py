@@ -1,0 +1,171 @@
+"""Stage 3 of the recipe: calibrating the blender's rules on the calibration patients.
+
+Two rules, fitted in the order the blender applies them (:meth:`hybrid.blend.Blender.blend`):
+
+1. **dictionary** over the CNN, from the dictionary's nearest-neighbour distance
+   (:func:`calibration_samples`): each calibration case at its nominal and its other
+   dose, plus sharp-kernel variants of the real smooth/standard ones.
+2. **input** over that blend, from the input's noise ratio
+   (:func:`hybrid.cnn.noise.noise_ratio`; :func:`input_rule_samples`): each
+   calibration case at the doses of ``input_rule["doses"]`` (0.5 % to 100 %, made by
+   rescaling the case's stored noise as :mod:`hybrid.cnn.multidose` does, no new
+   simulation), natively and, for a standard-kernel case, re-filtered to the smooth and
+   the sharp kernel.  At 100 % the input *is*
+   the normal-dose target, so the rule learns to give a normal-dose scan back as it
+   came, and at the lowest doses to trust the restoration.  The CNN pair and the
+   dictionary were trained for 1–10 % doses; this rule is what keeps the hybrid from
+   making a cleaner scan worse (issue 16).
+
+The CNN pair has seen the calibration patients (:mod:`hybrid.recipe`), so it is a
+little better on them than on a new patient: the input rule fitted here leans towards
+the restoration, not towards caution.  The held-out dose sweep
+(``make dose-sweep``) is what checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["calibration_samples", "input_rule_samples", "calibrate_blender"]
+
+
+def calibration_samples(cases: Iterable[Any], cnn: Any, dictionary: Any, *,
+                        stride: int | tuple[int, int] = 2, include_aug: bool = True,
+                        sharp_variants: bool = True) -> tuple[list[tuple], int]:
+    """Blender calibration samples ``(cnn, dictionary, distance, nd, body)`` of paired cases.
+
+    Each case at its nominal dose and (``include_aug``) its other dose (1–10 %), so
+    that the weights hold across doses.  With ``sharp_variants`` each *real* case
+    reconstructed with a smooth or standard kernel also contributes a sharp-kernel
+    version of itself: its normal-dose image re-filtered to the sharp kernel
+    (:func:`hybrid.physics.convert_kernel`) and that image's simulated 2 % and 5 %
+    doses.  Why: the only other sharp calibration data are phantoms, on which the
+    dictionary helps more than on real sharp-kernel scans (measured:
+    ``experiments/results/hybrid_heldout.md``).  Returns the samples and the number of
+    sharp variants made.
+    """
+    from hybrid.lung import segment
+    from hybrid.physics import convert_kernel, simulate_low_dose
+    from hybrid.volume import Volume
+
+    samples = []
+    query = dictionary.with_settings(stride=stride)
+
+    def add(uld, nd, body, spacing):
+        lung = segment(uld, spacing=spacing)
+        c = cnn.propose(uld, lung_mask=lung)
+        d = query.propose(uld, body_mask=body)
+        samples.append((c.image, d.image, d.uncertainty, nd, body))
+
+    n_sharp = 0
+    for case in cases:
+        inputs = [case.uld.array] + ([case.uld_aug] if include_aug else [])
+        for uld in inputs:  # the nominal dose and the case's other dose: calibrate across doses
+            add(uld, case.nd, case.body_mask, case.uld.spacing)
+        if sharp_variants and case.kind == "real" and case.meta.get("kernel") != "sharp":
+            nd = convert_kernel(case.nd, case.meta.get("kernel") or "standard", "sharp")
+            for i, f in enumerate((0.02, 0.05)):
+                uld = simulate_low_dose(Volume(nd, case.uld.spacing), f, rng=2018 + i,
+                                        kernel="sharp", progress=False)
+                add(uld.array, nd, case.body_mask, case.uld.spacing)
+                n_sharp += 1
+        log.info("calibration case %s: %d slices", case.case_id, len(case.uld))
+    return samples, n_sharp
+
+
+def _case_variants(case: Any, z: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+    """``(kernel, nd, noise, independent)`` of a case on the slices ``z``: its native
+    kernel and, for a real standard case, the smooth and the sharp kernel (the only
+    smooth calibration data: without them a smooth-kernel normal-dose scan, whose noise
+    ratio reads higher, was smoothed by 0.56 x its own noise in the dose sweep)."""
+    from hybrid.physics import convert_kernel
+
+    nd = np.asarray(case.nd[z], np.float32)
+    noise = np.asarray(case.uld.array[z], np.float32) - nd
+    kernel = case.meta.get("kernel") or "standard"  # a class (hybrid.physics.kernel_for)
+    out = [(kernel, nd, noise, case.kind == "phantom")]
+    if case.kind == "real" and kernel == "standard":
+        for other in ("smooth", "sharp"):
+            out.append((other, convert_kernel(nd, kernel, other),
+                        convert_kernel(noise, kernel, other), False))
+    return out
+
+
+def input_rule_samples(cases: Iterable[Any], cnn: Any, dictionary: Any, blender: Any, *,
+                       doses: Sequence[float], slices_per_case: int, stride: Any = 2
+                       ) -> list[tuple]:
+    """Samples ``(hybrid, input, noise_ratio, nd, body)`` for the input rule.
+
+    ``hybrid`` is the CNN blended with the dictionary by ``blender`` (the rule fitted
+    before); ``input`` the case at dose ``f`` made from its stored noise realisation
+    (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.noise_scale`); one sample per
+    case, kernel variant and dose.
+    """
+    from hybrid.baselines import InputBaseline
+    from hybrid.cnn.multidose import noise_scale
+    from hybrid.lung import segment
+
+    query = dictionary.with_settings(stride=stride)
+    samples = []
+    for case in cases:
+        f0 = float(case.meta["dose_fraction"])
+        z = np.unique(np.linspace(0, len(case.nd) - 1, min(slices_per_case, len(case.nd)))
+                      .round().astype(int))
+        body = np.asarray(case.body_mask[z], bool)
+        for kernel, nd, noise, independent in _case_variants(case, z):
+            for f in doses:
+                x = (nd + float(noise_scale(f, f0, independent=independent)) * noise
+                     ).astype(np.float32)
+                lung = segment(x, spacing=case.uld.spacing, body=body)
+                base = blender.blend(cnn.propose(x, lung_mask=lung),
+                                     query.propose(x, body_mask=body)).image
+                inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)
+                samples.append((base, inp.image, inp.uncertainty, nd, body))
+            log.info("input rule: case %s (%s kernel), %d doses", case.case_id, kernel, len(doses))
+    return samples
+
+
+def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
+                      patients: Sequence[str], config: Any):
+    """Calibrate the blender on ``cases`` (the calibration patients') with these models.
+
+    ``config`` is the :class:`hybrid.recipe.RecipeConfig`.  ``calibration`` records the
+    patients, stride, ``include_aug``, the number of sharp variants and (with an
+    ``input_rule``) the input rule's doses and fit; ``calibrated_with`` the digests of
+    the CNN pair and dictionary (those known: a model never saved nor loaded has none).
+    """
+    from hybrid.blend import Blender, calibrate
+
+    stage = config.blender
+    samples, n_sharp = calibration_samples(cases, cnn, dictionary, stride=stage.stride,
+                                           include_aug=stage.include_aug,
+                                           sharp_variants=stage.sharp_variants)
+    if not samples:
+        raise ValueError(f"Expected cases of the calibration patients {list(patients)}; "
+                         "received none. Check the split and the dataset.")
+    b = calibrate(samples)
+    modes = dict(b.modes)
+    calibration = dict(b.calibration, patients=list(patients), stride=stage.stride,
+                       include_aug=stage.include_aug, sharp_variants=n_sharp)
+    if stage.input_rule:
+        rule = stage.input_rule
+        in_samples = input_rule_samples(cases, cnn, dictionary, Blender(modes), stride=stage.stride,
+                                        doses=rule["doses"],
+                                        slices_per_case=int(rule["slices_per_case"]))
+        b_in = calibrate(in_samples, candidate="input", monotone=True)
+        modes.update(b_in.modes)
+        info = dict(b_in.calibration)  # calibrate() names the base "cnn", the candidate "dictionary"
+        info["rmse_without_input_hu"] = info.pop("rmse_cnn_hu")
+        info["rmse_input_hu"] = info.pop("rmse_dictionary_hu")
+        calibration["input"] = dict(info, doses=list(rule["doses"]),
+                                    slices_per_case=int(rule["slices_per_case"]),
+                                    samples=len(in_samples))
+    digests = {"cnn": getattr(cnn, "digest", None), "dictionary": getattr(dictionary, "digest", None)}
+    return Blender(modes, calibration=calibration,
+                   calibrated_with={k: v for k, v in digests.items() if v})

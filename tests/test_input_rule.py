@@ -1,0 +1,160 @@
+"""The input rule: a scan that is not noisy comes back (nearly) as it went in.
+
+``noise_ratio`` (the estimated noise over a normal-dose scan's of that texture), the
+"input" proposer that carries it, the blender applying the rule last, the Enhancer's
+maps, and the calibration samples that teach it (doses 0.5-100 %, at 100 % the input
+is the target).  Phantom slices are seeded; tolerances are stated where they are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hybrid.cnn.noise import NORMAL_DOSE_SIGMA_HU, estimate_noise, noise_ratio
+
+
+@pytest.fixture(scope="module")
+def scans():
+    """One 512² phantom slice (smaller ones hold too little soft tissue for the estimator)
+    scanned at three doses with a standard and a sharp kernel."""
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(4, shape=(1, 512, 512))
+    return ph, {(k, f): scan_phantom(ph, dose_fraction=f, kernel=k, rng=10).array
+                for k in ("standard", "sharp") for f in (1.0, 0.25, 0.02)}
+
+
+def test_noise_ratio_divides_by_the_normal_dose_noise_of_the_kernel(scans):
+    """A known kernel class picks its reference; unknown: the texture's class per slice."""
+    ph, s = scans
+    x = s["sharp", 0.25]
+    est = estimate_noise(x, ph.body_mask)
+    np.testing.assert_allclose(noise_ratio(x, ph.body_mask, kernel="sharp"),
+                               est.sigma_hu / NORMAL_DOSE_SIGMA_HU["sharp"], rtol=1e-9)
+    np.testing.assert_allclose(noise_ratio(x, ph.body_mask),
+                               est.sigma_hu / NORMAL_DOSE_SIGMA_HU[est.kernel_class[0]], rtol=1e-9)
+    with pytest.raises(ValueError, match="kernel"):
+        noise_ratio(x, kernel="B70f")
+
+
+def test_noise_ratio_grows_as_the_dose_falls_whatever_the_kernel(scans):
+    """A normal-dose scan reads about 1 or below, whichever kernel (the sharp kernel's
+    noise is 5x the standard's: 124 vs 22 HU here); 2 % reads at least 4x its normal dose
+    (quantum noise alone: sqrt(50) = 7; the phantom's own tissue texture adds a
+    dose-independent part to the estimate, so less)."""
+    ph, s = scans
+    for k in ("standard", "sharp"):
+        r = {f: float(noise_ratio(s[k, f], ph.body_mask, kernel=k)[0]) for f in (1.0, 0.25, 0.02)}
+        assert r[1.0] < 1.25, (k, r)
+        assert r[1.0] < r[0.25] < r[0.02] and r[0.02] > 4 * r[1.0], (k, r)
+    assert noise_ratio(s["standard", 1.0][0]).shape == (1,)
+
+
+def test_input_proposer_carries_the_noise_ratio(scans):
+    from hybrid.baselines import InputBaseline
+    from hybrid.volume import Provenance, Volume
+
+    ph, s = scans
+    x = np.concatenate([s["standard", 0.25], s["sharp", 0.02]])
+    before = x.copy()
+    body = np.concatenate([ph.body_mask, ph.body_mask])
+    p = InputBaseline().propose(x, body_mask=body)
+    np.testing.assert_array_equal(p.image, before)
+    np.testing.assert_array_equal(x, before)
+    assert p.kind == "noise_ratio" and p.uncertainty.shape == x.shape
+    ratio = noise_ratio(x, body)
+    for z in range(2):
+        np.testing.assert_allclose(p.uncertainty[z], ratio[z], rtol=1e-6)
+    one = InputBaseline().propose(x[1], body_mask=body[1])
+    np.testing.assert_array_equal(one.uncertainty, p.uncertainty[1])
+    # the kernel: a setting, or a DICOM series' ConvolutionKernel ("B70f": sharp)
+    sharp = InputBaseline(kernel="sharp").propose(x, body_mask=body).uncertainty
+    np.testing.assert_allclose(sharp[:, 0, 0], noise_ratio(x, body, kernel="sharp"), rtol=1e-6)
+    vol = Volume(x, (1.0, 0.7, 0.7), Provenance(kernel="B70f"))
+    np.testing.assert_array_equal(InputBaseline().propose(vol, body_mask=body).uncertainty, sharp)
+    with pytest.raises(ValueError, match="kernel"):
+        InputBaseline(kernel="B70f")
+
+
+def test_the_input_rule_applies_last_and_gives_a_clean_scan_back():
+    """Rule "input" trusted (ratio below the threshold): the result is the input whatever
+    the dictionary did; not trusted: the CNN/dictionary blend alone."""
+    from hybrid.blend import Blender, HardMode
+    from hybrid.proposal import Proposal
+
+    rng = np.random.default_rng(0)
+    cnn, dic, x = (rng.normal(size=(2, 8, 8)).astype(np.float32) for _ in range(3))
+    dist = np.zeros_like(cnn)
+    ratio = np.stack([np.full((8, 8), 0.9), np.full((8, 8), 5.0)]).astype(np.float32)
+    b = Blender({"dictionary": HardMode(1.0), "input": HardMode(2.0)})
+    out = b.blend(Proposal(cnn, name="cnn"), Proposal(dic, dist, "nn_distance", name="dictionary"),
+                  Proposal(x, ratio, "noise_ratio", name="input"))
+    np.testing.assert_array_equal(out.image[0], x[0])  # normal dose: the input itself
+    np.testing.assert_array_equal(out.image[1], dic[1])  # noisy: the dictionary blend
+    np.testing.assert_array_equal(out.weights["dictionary"][0], 0.0)
+
+
+def test_input_rule_samples_span_the_doses_and_leave_the_normal_dose_alone():
+    """One sample per kernel variant and dose; at f = 1 the input is the normal-dose image
+    exactly (a = 0), at f < 1 it is noisier than at the case's nominal dose when f is
+    lower (one realisation rescaled by ``a(f)``: a(0.01) / a(0.1) = sqrt(99 / 9))."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("faiss")
+    from hybrid.blend import Blender, SoftMode
+    from hybrid.calibration import input_rule_samples
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.data import make_phantom_case
+    from hybrid.dictionary import DictionaryConfig, PatchDictionary
+
+    case = make_phantom_case(6, shape=(3, 96, 96))
+    dic = PatchDictionary.build([(case.uld.array, case.nd, case.body_mask)],
+                                config=DictionaryConfig(max_patches=2000, n_heldout=100))
+    pair = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
+                         CNNConfig.for_region("body", depth=3, width=8))
+    samples = input_rule_samples([case], pair, dic, Blender(SoftMode(1.0, 0.1)),
+                                 doses=(0.01, 0.1, 1.0), slices_per_case=2)
+    assert len(samples) == 3  # a phantom: its own kernel only
+    (_, x01, r01, nd, body), (_, x1, r1, _, _) = samples[1], samples[2]
+    assert nd.shape == (2, 96, 96) and body.dtype == bool
+    np.testing.assert_array_equal(x1, nd)
+    x001 = samples[0][1]  # one noise realisation rescaled: the ratio is exact
+    np.testing.assert_allclose(np.std((x001 - nd)[body]) / np.std((x01 - nd)[body]),
+                               np.sqrt(99 / 9), rtol=1e-4)
+    assert r1.shape == r01.shape == nd.shape  # (96² holds too little tissue to tell doses apart)
+
+
+def test_enhancer_applies_the_input_rule_and_shows_it_in_the_maps():
+    """An input rule that always trusts the input returns the input exactly (a clean scan
+    left alone); one that never does returns what the blender without it returns."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("faiss")
+    import hybrid
+    from hybrid.blend import Blender, HardMode, SoftMode
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.dictionary import DictionaryConfig, PatchDictionary
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(3, shape=(2, 128, 128))
+    nd, uld = scan_phantom(ph, dose_fraction=1.0, rng=1), scan_phantom(ph, dose_fraction=0.02, rng=2)
+    dic = PatchDictionary.build([(uld.array, nd.array, ph.body_mask)],
+                                config=DictionaryConfig(max_patches=3000, n_heldout=100))
+    pair = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
+                         CNNConfig.for_region("body", depth=3, width=8))
+    x = scan_phantom(make_patient(5, shape=(2, 128, 128)), dose_fraction=0.05, rng=3).array
+    before = x.copy()
+    plain = hybrid.Enhancer(pair, dic, Blender(SoftMode(1.0, 0.1))).enhance(x, progress=False)
+    keep, maps = hybrid.Enhancer(pair, dic, Blender({"dictionary": SoftMode(1.0, 0.1),
+                                                     "input": HardMode(1e9)})).enhance(
+        x, return_maps=True, progress=False)
+    never = hybrid.Enhancer(pair, dic, Blender({"dictionary": SoftMode(1.0, 0.1),
+                                                "input": HardMode(-1.0)})).enhance(x, progress=False)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(keep, x)
+    np.testing.assert_array_equal(never, plain)
+    assert not np.array_equal(plain, x)
+    np.testing.assert_array_equal(maps.input_weight, 1.0)
+    np.testing.assert_array_equal(maps.dictionary_weight, 0.0)
+    np.testing.assert_allclose(maps.noise_ratio[:, 0, 0], noise_ratio(x, maps.body_mask), rtol=1e-6)
