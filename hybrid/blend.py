@@ -23,6 +23,12 @@ per-pixel nearest-neighbour distance ``d`` (normalised by the dictionary, low
 RMSE in HU inside the body (:func:`calibrate`), and stored with the models
 (:meth:`Blender.save`).  Beside the image the blender returns a source map:
 the dictionary's weight ``w`` per pixel (1 = dictionary, 0 = CNN).
+
+Several candidates are applied in turn (:meth:`Blender.blend`): the shipped
+blender has the dictionary rule and then the **input** rule, a non-increasing
+table over the input's noise ratio (:func:`hybrid.cnn.noise.noise_ratio`;
+``calibrate(..., monotone=True)``), which gives a scan that is not noisy back as
+it came (:mod:`hybrid.calibration`).
 """
 
 from __future__ import annotations
