@@ -155,8 +155,10 @@ def _check_dose(dose_fraction: Any) -> float | None:
     dose = _valid_dose(dose_fraction)
     if dose is not None and not (TRAINED_DOSE_RANGE[0] <= dose <= TRAINED_DOSE_RANGE[1]):
         warnings.warn(
-            f"dose_fraction={dose:g} is outside the range the models were trained on "
-            f"({TRAINED_DOSE_RANGE[0]:g}-{TRAINED_DOSE_RANGE[1]:g}); results may be worse.",
+            f"dose_fraction={dose:g} is outside the range the CNN pair was trained on "
+            f"({TRAINED_DOSE_RANGE[0]:g}-{TRAINED_DOSE_RANGE[1]:g}). The blender's input rule "
+            "gives a cleaner scan back mostly as it came (it measures the noise, not this "
+            "hint), but the restoration itself is untested there.",
             stacklevel=3,
         )
     return dose
