@@ -254,12 +254,9 @@ class InputBaseline(Baseline):
     default_grid: ClassVar[dict[str, list[Any]]] = {}
 
     def __init__(self, *, kernel: str | None = None) -> None:
-        from hybrid.cnn.noise import NORMAL_DOSE_SIGMA_HU
+        from hybrid.cnn.noise import check_kernel_class
 
-        if kernel is not None and kernel not in NORMAL_DOSE_SIGMA_HU:
-            raise ValueError(f"Invalid value for `kernel`. Expected None or one of "
-                             f"{sorted(NORMAL_DOSE_SIGMA_HU)}; received {kernel!r}.")
-        self.kernel = kernel
+        self.kernel = check_kernel_class(kernel)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -270,17 +267,22 @@ class InputBaseline(Baseline):
 
     def propose(self, volume_or_array: Any, *, lung_mask: Any = None,
                 body_mask: Any = None) -> Proposal:
+        p = super().propose(volume_or_array, lung_mask=lung_mask, body_mask=body_mask)
+        return self.with_ratio(p.image, self.noise_ratio(volume_or_array, body_mask))
+
+    def noise_ratio(self, volume_or_array: Any, body_mask: Any = None) -> np.ndarray:
+        """Per-slice :func:`hybrid.cnn.noise.noise_ratio` with this proposer's kernel class
+        (or the Volume's ``provenance.kernel``, or the noise texture's guess)."""
         from hybrid.cnn.noise import noise_ratio
         from hybrid.physics import kernel_for
 
-        p = super().propose(volume_or_array, lung_mask=lung_mask, body_mask=body_mask)
         stack, _ = as_stack(volume_or_array, name="volume_or_array")
         body = as_mask(body_mask, stack.shape, name="body_mask")
         kernel = self.kernel
         dicom_kernel = getattr(getattr(volume_or_array, "provenance", None), "kernel", None)
         if kernel is None and dicom_kernel:
             kernel = kernel_for(dicom_kernel)
-        return self.with_ratio(p.image, noise_ratio(stack, body, kernel=kernel))
+        return noise_ratio(stack, body, kernel=kernel)
 
     @classmethod
     def with_ratio(cls, image: np.ndarray, ratio: np.ndarray) -> Proposal:

@@ -404,9 +404,7 @@ class Enhancer:
         from tqdm.auto import tqdm
 
         from hybrid.baselines import InputBaseline
-        from hybrid.cnn.noise import noise_ratio
         from hybrid.lung import body_mask, segment
-        from hybrid.physics import kernel_for
 
         nz = arr.shape[0]
         bar = tqdm(total=nz, desc="hybrid.enhance", unit="slice", disable=not progress,
@@ -422,10 +420,9 @@ class Enhancer:
             bar.set_description("hybrid.enhance")
             out = np.empty(arr.shape, np.float32)
             keep_input = "input" in self.blender.modes
-            kernel = (kernel_for(vol.provenance.kernel)
-                      if vol is not None and vol.provenance.kernel else None)
             # once on the whole volume: slices without soft tissue take the volume's median
-            ratio = noise_ratio(arr, body, kernel=kernel) if keep_input or return_maps else None
+            ratio = (InputBaseline().noise_ratio(volume if vol is not None else arr, body)
+                     if keep_input or return_maps else None)
             if return_maps:
                 maps = {
                     "cnn": np.empty(arr.shape, np.float32),

@@ -38,6 +38,9 @@ __all__ = [
     "TEXTURE_THRESHOLDS",
     "FALLBACK_SIGMA_HU",
     "KERNEL_CODES",
+    "NORMAL_DOSE_SIGMA_HU",
+    "noise_ratio",
+    "check_kernel_class",
 ]
 
 #: Texture ratio below the first value: "smooth"; above the second: "sharp".
@@ -214,6 +217,15 @@ def _estimate_from_variances(var: np.ndarray, dvar: np.ndarray) -> NoiseEstimate
 NORMAL_DOSE_SIGMA_HU = {"smooth": 9.3, "standard": 20.2, "sharp": 111.6}
 
 
+def check_kernel_class(kernel: str | None) -> str | None:
+    """``kernel`` if it is None or a key of :data:`NORMAL_DOSE_SIGMA_HU`; else a clear error."""
+    if kernel is not None and kernel not in NORMAL_DOSE_SIGMA_HU:
+        raise ValueError(f"Invalid value for argument `kernel`. Expected None or one of "
+                         f"{sorted(NORMAL_DOSE_SIGMA_HU)} (a DICOM kernel name maps to one "
+                         f"by hybrid.physics.kernel_for). Received kernel={kernel!r}")
+    return kernel
+
+
 def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None) -> np.ndarray:
     """Per slice, the estimated noise over a typical normal-dose scan's of its kernel class.
 
@@ -236,9 +248,7 @@ def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None)
     -------
     ndarray (Z,) float64 (one value for a 2-D image).
     """
-    if kernel is not None and kernel not in NORMAL_DOSE_SIGMA_HU:
-        raise ValueError(f"Invalid value for argument `kernel`. Expected None or one of "
-                         f"{sorted(NORMAL_DOSE_SIGMA_HU)}. Received kernel={kernel!r}")
+    check_kernel_class(kernel)
     est = estimate_noise(image, body_mask)
     classes = est.kernel_class if kernel is None else (kernel,) * len(est)
     return est.sigma_hu / np.array([NORMAL_DOSE_SIGMA_HU[c] for c in classes])
