@@ -58,6 +58,7 @@ REAL_CASES: tuple[tuple[str, str, str, tuple[int, int] | None], ...] = (
     ("A0001-B", "A0001", "lung-pet-ct-dx-a0001/kernel-B-5mm", None),
     ("A0001-L", "A0001", "lung-pet-ct-dx-a0001/kernel-L-5mm", None),
     ("pancreas-chest", "pancreas", "pancreas-ct-cb-001/dicom", (94, 134)),  # lungs in the top slices
+    ("thorax", "itkelastix", "itkelastix-thorax", None),  # 141 slices: the whole thorax, kernel C
     ("dcmqi", "dcmqi", "dcmqi-ct-3slice", None),
     ("totalseg", "totalseg", "totalsegmentator-example-j2k", None),
     ("A002304-a", "A002304", "covid19-ny-sbu/A002304/19001231-076", None),

@@ -436,7 +436,7 @@ class Enhancer:
                 s = slice(start, min(start + self.batch_slices, nz))
                 x = arr[s]
                 clock = time.perf_counter()
-                cnn_p = self.cnn.propose(x, lung_mask=lung[s])
+                cnn_p = self.cnn.propose(x, lung_mask=lung[s], body_mask=body[s])
                 stages["cnn"] += time.perf_counter() - clock
                 clock = time.perf_counter()
                 dict_p = self.dictionary.propose(x, body_mask=body[s])

@@ -343,6 +343,37 @@ def test_propose_shapes_batches_and_crop(pairs):
         pair.with_settings(batch_size=0).propose(uld, lung_mask=lung)
 
 
+@pytest.mark.parametrize("arch", ["plain", "shuffle"])
+def test_body_crop_gives_the_whole_slice_result_inside_the_body(pairs, arch):
+    """With a body mask the body model runs on the body's box only: inside the body the
+    result equals the whole-slice one (float rounding of other tensor sizes: 1e-2 HU),
+    outside the box the input smoothed (a small body in a large slice)."""
+    from scipy.ndimage import gaussian_filter
+
+    from hybrid.cnn.infer import OUTSIDE_SIGMA_PX
+
+    extra = {} if arch == "plain" else {"architecture": "shuffle", "noise_input": True}
+    lung_cfg = CNNConfig.for_region("lung", **TINY)
+    body_cfg = CNNConfig.for_region("body", **TINY, **extra)
+    pair = CNNPair.build(lung_cfg, body_cfg)
+    randomize(pair.lung_model, 1)
+    randomize(pair.body_model, 2)
+    pair.precision = "float32"
+    uld, _, lung, body, _ = pairs[2]
+    pad = ((0, 0), (30, 41), (25, 60))  # air around the body: odd sides, off-grid box
+    uld = np.pad(uld, pad, constant_values=-1000.0)
+    uld = uld + np.random.default_rng(0).normal(0, 20, uld.shape).astype(np.float32)
+    lung, body = np.pad(lung, pad), np.pad(body, pad)
+    whole = pair.propose(uld, lung_mask=lung).image
+    crop = pair.propose(uld, lung_mask=lung, body_mask=body).image
+    np.testing.assert_allclose(crop[body], whole[body], atol=1e-2)
+    far = np.zeros_like(body)
+    far[:, :5], far[:, :, -5:] = True, True  # outside the grown box
+    smooth = gaussian_filter(uld, (0, OUTSIDE_SIGMA_PX, OUTSIDE_SIGMA_PX), mode="nearest")
+    np.testing.assert_allclose(crop[far], smooth[far], atol=1e-3)
+    assert not np.allclose(whole[far], smooth[far], atol=1e-1)
+
+
 def test_bfloat16_inference_is_close_to_float32(pairs):
     """bfloat16 inference (the default on CPUs with native bfloat16) against float32.
 

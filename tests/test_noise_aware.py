@@ -139,6 +139,36 @@ def test_unet_shape_and_receptive_field_at_least_100_px():
     assert 100 <= measured <= cfg.receptive_field
 
 
+def test_shuffle_model_identity_shape_and_receptive_field():
+    """FFDNet-style "shuffle": starts as the identity on any slice size, and the measured
+    receptive field (gradient support of one output pixel) is within the stated bound
+    and more than twice the plain stack's of the same depth."""
+    import tensorflow as tf
+
+    from hybrid.cnn.models import build_model, predict_hu
+
+    cfg = CNNConfig(region="body", architecture="shuffle", noise_input=True, depth=6, width=8,
+                    patch_size=32)
+    assert cfg.size_multiple == 2 and CNNConfig.from_json(cfg.to_json()) == cfg
+    model = build_model(cfg, seed=0)
+    x = np.random.default_rng(0).normal(0, 50, (2, 37, 50)).astype(np.float32)
+    np.testing.assert_array_equal(predict_hu(model, cfg, x, noise=np.ones((2, 2), np.float32)), x)
+    res = model.get_layer("residual_half")
+    res.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
+                     for w in res.get_weights()])
+    n = 64
+    rng = np.random.default_rng(1)
+    xin = tf.Variable(rng.standard_normal((1, n, n, 1)).astype(np.float32))
+    m = tf.constant(rng.random((1, n, n, 2)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        y = model([xin, m], training=False)[0, n // 2, n // 2, 0]
+    g = np.abs(tape.gradient(y, xin).numpy()[0, :, :, 0]) > 0
+    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
+    measured = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    plain = CNNConfig(region="body", depth=6, width=8).receptive_field
+    assert 2 * plain <= measured <= cfg.receptive_field
+
+
 def test_shipped_configs_keep_their_json():
     cfg = CNNConfig.for_region("body")
     assert "architecture" not in cfg.to_dict()

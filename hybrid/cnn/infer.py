@@ -54,6 +54,9 @@ _FILES = {
     "body_config": "body.config.json",
 }
 _TRUNCATE = 4.0
+#: Outside the body's bounding box (``propose(body_mask=...)``) the slice is the input
+#: smoothed by a Gaussian of this many pixels: air and the table, never scored.
+OUTSIDE_SIGMA_PX = 2.0
 
 
 def blend_weight(lung_mask: np.ndarray, *, sigma: float = 3.0) -> np.ndarray:
@@ -508,8 +511,12 @@ class CNNPair:
             Lung mask (routes pixels to the lung model).  None: segmented from
             the input (:func:`hybrid.lung.segment`, as :func:`hybrid.enhance` does).
         body_mask : ndarray of bool, same shape, optional
-            Validated, not used: the pair restores the whole slice
-            (:attr:`outside_body`).
+            Body mask (:func:`hybrid.lung.body_mask`).  Given, the body model runs
+            only on the body's bounding box in each batch of slices, grown by the
+            models' receptive fields (inside the body the same result as on the whole
+            slice, to float rounding; :attr:`outside_body`); outside that box the
+            slice is the input smoothed by a Gaussian of :data:`OUTSIDE_SIGMA_PX`
+            pixels.  None: the whole slice is restored.
 
         Settings (:meth:`with_settings`): ``batch_size`` slices per model call
         (bounds memory: about ``batch_size * Y * X * width * 8`` bytes);
@@ -526,14 +533,14 @@ class CNNPair:
             ``name="cnn"``.
         """
         stack, squeeze = as_stack(volume, name="volume")
-        as_mask(body_mask, stack.shape, name="body_mask")  # validated, unused
+        body = as_mask(body_mask, stack.shape, name="body_mask")
         mask = as_mask(lung_mask, stack.shape, name="lung_mask")
         if mask is None:
             from hybrid.lung import segment
 
             spacing = volume.spacing if isinstance(volume, Volume) else None
             mask = segment(stack, spacing=spacing)
-        out, conf = self._propose_stack(stack, mask)
+        out, conf = self._propose_stack(stack, mask, body)
         if squeeze:
             out = out[0]
             conf = conf[0] if conf is not None else None
@@ -553,7 +560,25 @@ class CNNPair:
         sigma = sigma * self.strength / config.noise_ref_hu
         return np.stack([sigma, texture], axis=-1).astype(np.float32)
 
-    def _propose_stack(self, vol: np.ndarray, mask: np.ndarray):
+    def _body_boxes(self, body: np.ndarray | None, lung_reach: int):
+        """Per slice, the in-plane slices of the body's bounding box grown by every receptive
+        field that reaches a body pixel, on the body model's grid (None: the whole slice).
+        One box per slice, so the result does not depend on how slices are batched."""
+        if body is None:
+            return None
+        reach = max(self.body_config.receptive_field // 2, lung_reach) + 1
+        grid = self.body_config.size_multiple
+        boxes = []
+        for plane in body:
+            box = grown_bbox(plane, reach)
+            if box is not None:
+                ys, xs = box
+                box = (slice(ys.start - ys.start % grid, ys.stop),
+                       slice(xs.start - xs.start % grid, xs.stop))
+            boxes.append(box)
+        return boxes
+
+    def _propose_stack(self, vol: np.ndarray, mask: np.ndarray, body_mask=None):
         batch_size, transition_sigma = self.batch_size, self.transition_sigma
         noise = None
         if self.noise_aware:  # per slice, on the whole slice (before any crop)
@@ -572,8 +597,9 @@ class CNNPair:
             x = vol[s]
             w = blend_weight(mask[s].astype(bool), sigma=transition_sigma)
             nz = None if noise is None else tuple(v[s] for v in noise)
-            body = self._run("body", x, flip=False, noise=nz)
-            body_f = self._run("body", x, flip=True, noise=nz) if confidence else None
+            boxes = self._body_boxes(None if body_mask is None else body_mask[s], reach)
+            body = self._run_boxes("body", x, boxes, flip=False, noise=nz)
+            body_f = self._run_boxes("body", x, boxes, flip=True, noise=nz) if confidence else None
             lung_rows = np.flatnonzero(w.reshape(len(x), -1).max(axis=1) > 1e-6)
             res = body.copy()
             res_f = body_f.copy() if confidence else None
@@ -595,6 +621,22 @@ class CNNPair:
             if confidence:
                 conf[s] = np.abs(res - res_f)
         return out, conf
+
+    def _run_boxes(self, region: str, x: np.ndarray, boxes, *, flip: bool, noise=None):
+        """:meth:`_run` on each slice's in-plane box (``boxes`` None: on the whole slices);
+        outside its box (or on a slice without body) the input smoothed by
+        :data:`OUTSIDE_SIGMA_PX`."""
+        if boxes is None:
+            return self._run(region, x, flip=flip, noise=noise)
+        out = gaussian_filter(x, sigma=(0.0, OUTSIDE_SIGMA_PX, OUTSIDE_SIGMA_PX), mode="nearest")
+        out = out.astype(np.float32, copy=False)
+        for i, box in enumerate(boxes):
+            if box is None:
+                continue
+            nzi = None if noise is None else tuple(v[i:i + 1] for v in noise)
+            out[(i, *box)] = self._run(region, x[(slice(i, i + 1), *box)], flip=flip,
+                                       noise=nzi)[0]
+        return out
 
     def _run(self, region: str, x: np.ndarray, *, flip: bool, noise=None) -> np.ndarray:
         kw = {} if noise is None else {"noise": noise}

@@ -96,7 +96,7 @@ def build_model(config: CNNConfig, *, seed: int | None = 0, dtype: str | None = 
             "Invalid value for argument `config`. Expected a hybrid.cnn.CNNConfig. "
             f"Received type {type(config).__name__}"
         )
-    if config.architecture == "unet" or config.noise_input:
+    if config.architecture != "plain" or config.noise_input:
         from hybrid.cnn.unet import build_noise_aware_model
 
         return build_noise_aware_model(config, seed=seed, dtype=dtype)

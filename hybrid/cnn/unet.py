@@ -53,6 +53,8 @@ def build_noise_aware_model(
 
     uld = keras.Input(shape=(None, None, 1), name="uld")
     inputs = [uld]
+    if config.architecture == "shuffle":
+        return _shuffle_model(config, uld, conv, dtype)
     x = uld
     if config.noise_input:
         noise = keras.Input(shape=(None, None, len(NOISE_CHANNELS)), name="noise")
@@ -65,6 +67,41 @@ def build_noise_aware_model(
         x = _unet_body(x, config, conv, dtype)
     out = layers.Conv2D(1, config.kernel_size, padding="same", kernel_initializer="zeros",
                         name="residual", dtype=dtype)(x)
+    if config.residual:
+        out = layers.Add(name="nd")([uld, out])
+    name = f"hybrid_cnn_{config.name or config.region}".replace(" ", "_")
+    return keras.Model(inputs, out, name=name)
+
+
+class PixelUnshuffle(layers.Layer):
+    """(N, Y, X, C) -> (N, Y/2, X/2, 4C): each 2x2 block becomes four channels."""
+
+    def call(self, x):
+        return tf.nn.space_to_depth(x, 2)
+
+
+class PixelShuffle(layers.Layer):
+    """(N, Y, X, 4C) -> (N, 2Y, 2X, C): the inverse of :class:`PixelUnshuffle`."""
+
+    def call(self, x):
+        return tf.nn.depth_to_space(x, 2)
+
+
+def _shuffle_model(config: CNNConfig, uld, conv, dtype) -> keras.Model:
+    """FFDNet's layout: the plain stack at half resolution on the 2x2 sub-images."""
+    inputs = [uld]
+    x = PixelUnshuffle(name="unshuffle")(uld)
+    if config.noise_input:
+        noise = keras.Input(shape=(None, None, len(NOISE_CHANNELS)), name="noise")
+        inputs.append(noise)
+        half = layers.AveragePooling2D(2, name="noise_half")(noise)
+        x = layers.Concatenate(name="with_noise")([x, half])
+    dil = config.dilations
+    for i in range(config.depth - 1):
+        x = conv(x, config.width, dilation=dil[i], name=f"conv{i}", first=i == 0)
+    sub = layers.Conv2D(4, config.kernel_size, padding="same", dilation_rate=dil[-1],
+                        kernel_initializer="zeros", name="residual_half", dtype=dtype)(x)
+    out = PixelShuffle(name="residual", dtype=dtype)(sub)
     if config.residual:
         out = layers.Add(name="nd")([uld, out])
     name = f"hybrid_cnn_{config.name or config.region}".replace(" ", "_")
