@@ -108,6 +108,19 @@ def test_sampler_batches_are_stateless_and_mix_doses(sources):
     assert 0.05 < np.mean(f == 1.0) < 0.2 and f.min() < 0.01 and f.max() == 1.0
 
 
+def test_slice_weighting_draws_sources_by_their_slices():
+    """A 1-slice and a 6-slice source: "uniform" draws each half the time, "slices" 1:6.
+    4000 draws: the binomial standard error of a share is below 0.008, so 0.03 is ~4 SE."""
+    srcs = make_sources([_case(0, shape=(1, 96, 96)), _case(1, shape=(6, 96, 96))],
+                        kernels=("standard",))
+    for weighting, share in (("uniform", 0.5), ("slices", 6 / 7)):
+        s = MultiDoseSampler(srcs, region="body", patch_size=32, seed=0, weighting=weighting)
+        _, _, _, info = s.sample(4000, rng=np.random.default_rng(0), return_info=True)
+        assert np.mean(info["source"] == 1) == pytest.approx(share, abs=0.03)
+    with pytest.raises(ValueError, match="Expected one of"):
+        MultiDoseSampler(srcs, region="body", patch_size=32, weighting="cases")
+
+
 # ------------------------------------------------------------------ the U-Net
 UNET = dict(region="body", architecture="unet", noise_input=True, depth=2, width=24, scales=3,
             bottleneck_dilations=(1, 2, 4, 8), patch_size=64, loss="huber")

@@ -165,6 +165,10 @@ def make_sources(
     return out
 
 
+#: Source weightings of :class:`MultiDoseSampler`.
+WEIGHTINGS = ("uniform", "slices")
+
+
 class MultiDoseSampler:
     """Seeded, stateless multi-dose patches of one region from :class:`NoiseSource` s.
 
@@ -186,12 +190,17 @@ class MultiDoseSampler:
         Log-normal standard deviation of the noise level given to the model.
     noise_ref_hu : float
         Noise level that maps to 1 in the noise-level channel.
+    weighting : {"uniform", "slices"}
+        How often each source is drawn: "uniform" (the first runs), every source alike,
+        so a one-slice series weighs as much as a 141-slice thorax; "slices", in
+        proportion to its slices that hold admissible patches (every slice alike).
     """
 
     def __init__(self, sources: Sequence[NoiseSource], *, region: str, patch_size: int,
                  seed: int = 0, dose_range: tuple[float, float] = DOSE_RANGE,
                  clean_fraction: float = 0.1, augment: bool = True, sigma_jitter: float = 0.05,
-                 noise_ref_hu: float = 100.0, **sampler_options: Any) -> None:
+                 noise_ref_hu: float = 100.0, weighting: str = "uniform",
+                 **sampler_options: Any) -> None:
         lo, hi = (float(v) for v in dose_range)
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"Invalid value for argument `dose_range`. Expected 0 < low <= high "
@@ -211,6 +220,12 @@ class MultiDoseSampler:
         self._candidates = finder._candidates
         self._usable = [i for i, c in enumerate(self._candidates) if c]
         self._slices = {i: np.asarray(sorted(self._candidates[i])) for i in self._usable}
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"Invalid value for argument `weighting`. Expected one of "
+                             f"{WEIGHTINGS}. Received weighting={weighting!r}")
+        self.weighting = weighting
+        n = np.array([len(self._slices[i]) for i in self._usable], np.float64)
+        self._p = None if weighting == "uniform" else n / n.sum()
 
     def doses(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` dose fractions: log-uniform in ``dose_range``, ``clean_fraction`` at 1."""
@@ -243,7 +258,10 @@ class MultiDoseSampler:
         maps = np.empty((n, len(NOISE_CHANNELS)), np.float32)
         info = {k: np.empty(n) for k in ("dose", "scale", "added_sigma_hu", "sigma_hu")}
         info["source"], info["slice"] = np.empty(n, int), np.empty(n, int)
-        who = np.asarray(self._usable)[rng.integers(len(self._usable), size=n)]
+        if self._p is None:  # the first runs' draw, unchanged
+            who = np.asarray(self._usable)[rng.integers(len(self._usable), size=n)]
+        else:
+            who = np.asarray(self._usable)[rng.choice(len(self._usable), size=n, p=self._p)]
         for j, i in enumerate(who):
             s = self.sources[i]
             k = int(self._slices[i][rng.integers(len(self._slices[i]))])

@@ -214,7 +214,7 @@ def train_noise_aware(
     sampler = MultiDoseSampler(sources, region=config.region, patch_size=config.patch_size,
                                seed=seed, noise_ref_hu=config.noise_ref_hu, **opts)
     val_opts = {k: v for k, v in opts.items() if k not in ("dose_range", "clean_fraction",
-                                                           "sigma_jitter")}
+                                                           "sigma_jitter", "weighting")}
     val = _monitor_set(val_sources, config, n=val_patches, seed=val_seed, sampler_options=val_opts)
     model = _compile(build_model(config, seed=seed, dtype=dtype), config, epochs * steps_per_epoch)
     state = {"epoch": 0, "history": {}, "best_val_rmse_hu": None, "best_epoch": 0,
@@ -289,7 +289,8 @@ def train_noise_aware_regions(
     :func:`~hybrid.cnn.multidose.make_sources`), ``val_patches`` (per monitor dose),
     ``stop_after`` (epochs per call, None: all) and the
     :class:`~hybrid.cnn.multidose.MultiDoseSampler` options ``dose_range``,
-    ``clean_fraction``, ``sigma_jitter``.  Sources are cached under ``work/cache``.
+    ``clean_fraction``, ``sigma_jitter``, ``weighting``.  Sources are cached under
+    ``work/cache``.
     """
     from hybrid.cnn.multidose import make_sources
 
