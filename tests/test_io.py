@@ -21,6 +21,8 @@ REAL = [
     ("lung-pet-ct-dx-a0001/kernel-L-5mm", (64, 512, 512), (5.0, 0.842, 0.842)),
     ("totalsegmentator-example-j2k", (20, 512, 512), (2.0, 0.977, 0.977)),
     ("dcmqi-ct-3slice", (3, 512, 512), (1.0, 0.811, 0.811)),
+    # a malformed private tag (01F1,1026: wrong value length) that strict readers reject
+    ("itkelastix-thorax", (141, 512, 512), (2.0, 0.977, 0.977)),
 ]
 COVID = sorted(p.split("/ct/")[1] for p in glob.glob(str(DATA_ROOT / "covid19-ny-sbu/*/*")))
 
