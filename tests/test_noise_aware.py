@@ -126,8 +126,25 @@ UNET = dict(region="body", architecture="unet", noise_input=True, depth=2, width
             bottleneck_dilations=(1, 2, 4, 8), patch_size=64, loss="huber")
 
 
-def test_unet_shape_and_receptive_field_at_least_100_px():
+def _measured_receptive_field(model, last: str, n: int) -> int:
+    """Side of the gradient support of the central output pixel, the layer ``last`` (which
+    starts at zero) given random weights, on a random n x n input (ReLUs active)."""
     import tensorflow as tf
+
+    res = model.get_layer(last)
+    res.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
+                     for w in res.get_weights()])
+    rng = np.random.default_rng(1)
+    x = tf.Variable(rng.standard_normal((1, n, n, 1)).astype(np.float32))
+    m = tf.constant(rng.random((1, n, n, 2)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        y = model([x, m], training=False)[0, n // 2, n // 2, 0]
+    g = np.abs(tape.gradient(y, x).numpy()[0, :, :, 0]) > 0
+    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
+    return int(max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1)
+
+
+def test_unet_shape_and_receptive_field_at_least_100_px():
 
     from hybrid.cnn.models import build_model, predict_hu
 
@@ -137,18 +154,7 @@ def test_unet_shape_and_receptive_field_at_least_100_px():
     out = predict_hu(model, cfg, np.zeros((2, 37, 50), np.float32),
                      noise=np.ones((2, 2), np.float32))
     assert out.shape == (2, 37, 50)
-    res = model.get_layer("residual")
-    res.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
-                     for w in res.get_weights()])
-    n = 256
-    rng = np.random.default_rng(1)  # random input: ReLUs active everywhere
-    x = tf.Variable(rng.standard_normal((1, n, n, 1)).astype(np.float32))
-    m = tf.constant(rng.random((1, n, n, 2)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        y = model([x, m], training=False)[0, n // 2, n // 2, 0]
-    g = np.abs(tape.gradient(y, x).numpy()[0, :, :, 0]) > 0
-    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
-    measured = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    measured = _measured_receptive_field(model, "residual", 256)
     assert 100 <= measured <= cfg.receptive_field
 
 
@@ -156,7 +162,6 @@ def test_shuffle_model_identity_shape_and_receptive_field():
     """FFDNet-style "shuffle": starts as the identity on any slice size, and the measured
     receptive field (gradient support of one output pixel) is within the stated bound
     and more than twice the plain stack's of the same depth."""
-    import tensorflow as tf
 
     from hybrid.cnn.models import build_model, predict_hu
 
@@ -166,18 +171,7 @@ def test_shuffle_model_identity_shape_and_receptive_field():
     model = build_model(cfg, seed=0)
     x = np.random.default_rng(0).normal(0, 50, (2, 37, 50)).astype(np.float32)
     np.testing.assert_array_equal(predict_hu(model, cfg, x, noise=np.ones((2, 2), np.float32)), x)
-    res = model.get_layer("residual_half")
-    res.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
-                     for w in res.get_weights()])
-    n = 64
-    rng = np.random.default_rng(1)
-    xin = tf.Variable(rng.standard_normal((1, n, n, 1)).astype(np.float32))
-    m = tf.constant(rng.random((1, n, n, 2)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        y = model([xin, m], training=False)[0, n // 2, n // 2, 0]
-    g = np.abs(tape.gradient(y, xin).numpy()[0, :, :, 0]) > 0
-    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
-    measured = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    measured = _measured_receptive_field(model, "residual_half", 64)
     plain = CNNConfig(region="body", depth=6, width=8).receptive_field
     assert 2 * plain <= measured <= cfg.receptive_field
 
