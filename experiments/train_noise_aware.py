@@ -4,6 +4,7 @@
         --work experiments/runs/noise_aware            # start; checkpoints every epoch
     python experiments/train_noise_aware.py --data data --regions body \\
         --work experiments/runs/noise_aware --resume   # continue where it stopped
+    ... --resume --stop-after 0                        # only write <work>/model (best so far)
 
 Runs :func:`hybrid.recipe.train` with ``stages=("cnn",)``; the region not trained comes
 from ``--keep-cnn`` (a saved pair) or the shipped pair.  Writes ``<work>/<region>/``
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from <work>/<region>/checkpoint")
     ap.add_argument("--keep-cnn", default=None, help="saved CNN pair for the region not trained")
     ap.add_argument("--threads", type=int, default=None, help="TensorFlow CPU threads")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                    help="train at most this many more epochs, then write <work>/model from the "
+                         "best weights so far (0 with --resume: only write it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sys.path.insert(0, str(ROOT))
@@ -42,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = recipe.load_config(args.config)
+    if args.stop_after is not None:
+        import dataclasses
+
+        noise = {**(config.cnn.noise or {}), "stop_after": args.stop_after}
+        config = dataclasses.replace(config, cnn=dataclasses.replace(config.cnn, noise=noise))
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True,
                                 capture_output=True, check=False).stdout.strip()
