@@ -512,8 +512,8 @@ class CNNPair:
             the input (:func:`hybrid.lung.segment`, as :func:`hybrid.enhance` does).
         body_mask : ndarray of bool, same shape, optional
             Body mask (:func:`hybrid.lung.body_mask`).  Given, the body model runs
-            only on the body's bounding box in each batch of slices, grown by the
-            models' receptive fields (inside the body the same result as on the whole
+            only on each slice's body bounding box, grown by the models' receptive
+            fields (inside the body the same result as on the whole
             slice, to float rounding; :attr:`outside_body`); outside that box the
             slice is the input smoothed by a Gaussian of :data:`OUTSIDE_SIGMA_PX`
             pixels.  None: the whole slice is restored.
@@ -567,16 +567,7 @@ class CNNPair:
         if body is None:
             return None
         reach = max(self.body_config.receptive_field // 2, lung_reach) + 1
-        grid = self.body_config.size_multiple
-        boxes = []
-        for plane in body:
-            box = grown_bbox(plane, reach)
-            if box is not None:
-                ys, xs = box
-                box = (slice(ys.start - ys.start % grid, ys.stop),
-                       slice(xs.start - xs.start % grid, xs.stop))
-            boxes.append(box)
-        return boxes
+        return [_grid_box(plane, reach, self.body_config.size_multiple) for plane in body]
 
     def _propose_stack(self, vol: np.ndarray, mask: np.ndarray, body_mask=None):
         batch_size, transition_sigma = self.batch_size, self.transition_sigma
@@ -604,12 +595,8 @@ class CNNPair:
             res = body.copy()
             res_f = body_f.copy() if confidence else None
             if lung_rows.size:
-                ys, xs = np.nonzero(mask[s][lung_rows].any(axis=0))
-                y0, y1 = max(ys.min() - reach, 0), min(ys.max() + 1 + reach, x.shape[1])
-                x0, x1 = max(xs.min() - reach, 0), min(xs.max() + 1 + reach, x.shape[2])
-                grid = self.lung_config.size_multiple  # 1 for the plain models
-                y0, x0 = y0 - y0 % grid, x0 - x0 % grid
-                crop = (lung_rows, slice(y0, y1), slice(x0, x1))
+                crop = (lung_rows, *_grid_box(mask[s][lung_rows], reach,
+                                              self.lung_config.size_multiple))
                 sub_w = w[crop]
                 nzl = None if nz is None else tuple(v[lung_rows] for v in nz)
                 lung = self._run("lung", x[crop], flip=False, noise=nzl)
@@ -643,6 +630,16 @@ class CNNPair:
         if not flip:
             return self.predict_region(region, np.ascontiguousarray(x), **kw)
         return self.predict_region(region, np.ascontiguousarray(x[..., ::-1]), **kw)[..., ::-1]
+
+
+def _grid_box(mask: np.ndarray, reach: int, grid: int) -> tuple[slice, slice] | None:
+    """:func:`~hybrid.volume.grown_bbox` of ``mask`` with its start moved down onto a
+    model's grid (``CNNConfig.size_multiple``; 1 for the plain models)."""
+    box = grown_bbox(mask, reach)
+    if box is None:
+        return None
+    ys, xs = box
+    return slice(ys.start - ys.start % grid, ys.stop), slice(xs.start - xs.start % grid, xs.stop)
 
 
 def _check_noise_settings(settings: dict[str, Any]) -> None:

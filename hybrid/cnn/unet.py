@@ -33,7 +33,8 @@ __all__ = ["build_noise_aware_model", "forward_padded", "model_inputs"]
 def build_noise_aware_model(
     config: CNNConfig, *, seed: int | None = 0, dtype: str | None = None
 ) -> keras.Model:
-    """The U-Net (or, for ``architecture="plain"``, the plain stack) with a noise-map input.
+    """The U-Net (or, for ``architecture="plain"`` / ``"shuffle"``, the plain stack at full /
+    half resolution) with a noise-map input.
 
     Returns a model with inputs ``uld`` ``(batch, Y, X, 1)`` and, if ``config.noise_input``,
     ``noise`` ``(batch, Y, X, 2)``; output ``(batch, Y, X, 1)`` in normalised units.  The
@@ -53,20 +54,25 @@ def build_noise_aware_model(
 
     uld = keras.Input(shape=(None, None, 1), name="uld")
     inputs = [uld]
-    if config.architecture == "shuffle":
-        return _shuffle_model(config, uld, conv, dtype)
-    x = uld
+    # "shuffle" (FFDNet's layout): the plain stack at half resolution on the 2x2 sub-images
+    shuffle = config.architecture == "shuffle"
+    x = PixelUnshuffle(name="unshuffle")(uld) if shuffle else uld
     if config.noise_input:
         noise = keras.Input(shape=(None, None, len(NOISE_CHANNELS)), name="noise")
         inputs.append(noise)
-        x = layers.Concatenate(name="with_noise")([uld, noise])
-    if config.architecture == "plain":
+        maps = layers.AveragePooling2D(2, name="noise_half")(noise) if shuffle else noise
+        x = layers.Concatenate(name="with_noise")([x, maps])
+    if config.architecture in ("plain", "shuffle"):
         for i in range(config.depth - 1):
             x = conv(x, config.width, dilation=config.dilations[i], name=f"conv{i}", first=i == 0)
     else:
         x = _unet_body(x, config, conv, dtype)
-    out = layers.Conv2D(1, config.kernel_size, padding="same", kernel_initializer="zeros",
-                        name="residual", dtype=dtype)(x)
+    out = layers.Conv2D(4 if shuffle else 1, config.kernel_size, padding="same",
+                        dilation_rate=config.dilations[-1] if shuffle else 1,
+                        kernel_initializer="zeros",
+                        name="residual_half" if shuffle else "residual", dtype=dtype)(x)
+    if shuffle:  # the four residual sub-images back to full resolution
+        out = PixelShuffle(name="residual", dtype=dtype)(out)
     if config.residual:
         out = layers.Add(name="nd")([uld, out])
     name = f"hybrid_cnn_{config.name or config.region}".replace(" ", "_")
@@ -85,27 +91,6 @@ class PixelShuffle(layers.Layer):
 
     def call(self, x):
         return tf.nn.depth_to_space(x, 2)
-
-
-def _shuffle_model(config: CNNConfig, uld, conv, dtype) -> keras.Model:
-    """FFDNet's layout: the plain stack at half resolution on the 2x2 sub-images."""
-    inputs = [uld]
-    x = PixelUnshuffle(name="unshuffle")(uld)
-    if config.noise_input:
-        noise = keras.Input(shape=(None, None, len(NOISE_CHANNELS)), name="noise")
-        inputs.append(noise)
-        half = layers.AveragePooling2D(2, name="noise_half")(noise)
-        x = layers.Concatenate(name="with_noise")([x, half])
-    dil = config.dilations
-    for i in range(config.depth - 1):
-        x = conv(x, config.width, dilation=dil[i], name=f"conv{i}", first=i == 0)
-    sub = layers.Conv2D(4, config.kernel_size, padding="same", dilation_rate=dil[-1],
-                        kernel_initializer="zeros", name="residual_half", dtype=dtype)(x)
-    out = PixelShuffle(name="residual", dtype=dtype)(sub)
-    if config.residual:
-        out = layers.Add(name="nd")([uld, out])
-    name = f"hybrid_cnn_{config.name or config.region}".replace(" ", "_")
-    return keras.Model(inputs, out, name=name)
 
 
 def _unet_body(x, config: CNNConfig, conv, dtype):
