@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ultra-low-dose chest CT restoration (CNN pair + FAISS patch dictionary).",
     )
     parser.add_argument("--version", action="version", version=f"hybrid {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details, and the libraries' own start-up logs "
+                             "(TensorFlow, absl, CUDA)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="describe a CT series or volume file",
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from hybrid._logs import set_verbose
+
+    set_verbose(args.verbose)  # TensorFlow's start-up chatter only with --verbose
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

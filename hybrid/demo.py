@@ -120,12 +120,17 @@ def _figure(cases: list[dict], out: Path, blender_label: str) -> Path:
     from hybrid.io._atomic import atomic_file
     from hybrid.metrics import LUNG, SOFT_TISSUE
 
-    fig, axes = plt.subplots(2 * len(cases), 4, figsize=(16, 8.4 * len(cases)), squeeze=False)
-    for c_i, c in enumerate(cases):
+    # one sub-figure per case, its name once as the heading; two-line panel titles; the
+    # constrained layout keeps every title clear of the images above it
+    fig = plt.figure(figsize=(16, 8.8 * len(cases)), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(len(cases), 1))
+    for c, sub in zip(cases, subfigs):
         z = int(np.argmax(c["lung"].reshape(len(c["nd"]), -1).sum(1)))
         maps = c["maps"]
+        sub.suptitle(f"{c['title']}, slice {c['z0'] + z}", fontsize=11, fontweight="bold")
+        axes = sub.subplots(2, 4)
         for w_i, win in enumerate((LUNG, SOFT_TISSUE)):
-            row = axes[2 * c_i + w_i]
+            row = axes[w_i]
             panels = [
                 (c["uld"].array[z], f"input: {DOSE:.0%} dose"),
                 (c["enhanced"].array[z], "enhanced (hybrid)"),
@@ -133,20 +138,19 @@ def _figure(cases: list[dict], out: Path, blender_label: str) -> Path:
             ]
             for ax, (img, what) in zip(row, panels):
                 ax.imshow(img, cmap="gray", vmin=win.low, vmax=win.high)
-                ax.set_title(f"{c['title']}, slice {c['z0'] + z}\n{what}\n{win} window", fontsize=9)
+                ax.set_title(f"{what}\n{win} window", fontsize=9)
             ax = row[3]
             if w_i == 0:
                 im = ax.imshow(maps.dictionary_weight[z], cmap="viridis", vmin=0, vmax=1)
-                ax.set_title(f"{c['title']}, slice {c['z0'] + z}\nsource map: dictionary weight\n"
-                             "(1 = dictionary, 0 = CNN)", fontsize=9)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                ax.set_title("source map: dictionary weight\n(1 = dictionary, 0 = CNN)",
+                             fontsize=9)
             else:
                 d = np.where(np.isfinite(maps.distance[z]), maps.distance[z], np.nan)
                 top = float(np.nanpercentile(d, 99)) if np.isfinite(d).any() else 1.0
                 im = ax.imshow(d, cmap="magma", vmin=0, vmax=max(top, 1e-6))
-                ax.set_title(f"{c['title']}, slice {c['z0'] + z}\ndictionary distance \u03b4 "
-                             f"(low = close match)\n{blender_label}", fontsize=9)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                ax.set_title(f"dictionary distance \u03b4 (low = close match)\n{blender_label}",
+                             fontsize=9)
+            sub.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             for a in row:
                 a.set_axis_off()
             if c["attribution"]:
@@ -156,8 +160,8 @@ def _figure(cases: list[dict], out: Path, blender_label: str) -> Path:
     if any(c["attribution"] for c in cases):
         notes.append(f"Real CT: {ATTRIBUTION} (Clark et al., J Digit Imaging 2013); "
                      "its 2 % dose simulated by hybrid.physics.simulate_low_dose.")
+    fig.get_layout_engine().set(rect=(0, 0.012, 1, 0.988))
     fig.text(0.01, 0.003, "  ".join(notes), fontsize=9)
-    fig.tight_layout(rect=(0, 0.012, 1, 1))
     with atomic_file(out, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=72, format="png")
     plt.close(fig)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -329,3 +331,33 @@ def test_enhance_real_series_with_shipped_defaults(capsys, tmp_path):
         res = subprocess.run([tool, str(sorted(out.glob("*.dcm"))[0])], capture_output=True, text=True, timeout=60)
         errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
         assert not errors, res.stdout + res.stderr
+
+
+#: Lines of TensorFlow's, absl's, CUDA's and oneDNN's start-up chatter (issue 18).
+_LIBRARY_CHATTER = re.compile(
+    r"absl::|cuda|cuInit|oneDNN|cpu_feature_guard|rebuild TensorFlow|tensorflow|"
+    r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.IGNORECASE | re.MULTILINE)
+
+
+@pytest.mark.parametrize("verbose", (False, True), ids=("quiet", "verbose"))
+def test_enhance_prints_no_library_chatter_unless_verbose(tmp_path, verbose):
+    """`hybrid enhance` on a real series in a fresh process: stderr holds no line from
+    TensorFlow, absl, CUDA or oneDNN; with --verbose they come back (this machine has no
+    GPU, so TensorFlow always says something at start-up when allowed to)."""
+    from hybrid.pipeline import default_asset_paths
+    from tests.conftest import real_series
+
+    src = real_series("dcmqi-ct-3slice")
+    if not all(p.exists() for p in default_asset_paths().values()):
+        pytest.skip("shipped default models are absent (hybrid/assets)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "HYBRID_VERBOSE")}  # as a user's shell has it
+    argv = [sys.executable, "-m", "hybrid.cli", *(["--verbose"] if verbose else []),
+            "enhance", str(src), str(tmp_path / "out"), "--no-progress"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == EXIT_OK, res.stderr
+    chatter = _LIBRARY_CHATTER.findall(res.stderr)
+    if verbose:
+        assert chatter, f"--verbose should bring the libraries' logs back; stderr: {res.stderr!r}"
+    else:
+        assert not chatter, f"library chatter on stderr without --verbose: {res.stderr!r}"

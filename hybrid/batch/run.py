@@ -96,7 +96,10 @@ def _default_workers(threads_per_worker: int) -> int:
 def _client(scheduler: Any, workers: int | None, threads: int) -> Iterator[tuple[Any, int]]:
     from distributed import Client, LocalCluster
 
+    from hybrid._logs import quiet_loggers
     from hybrid.batch.worker import thread_env
+
+    quiet_loggers("distributed")  # its scheduler and nannies log each start and stop at INFO
 
     if scheduler is not None and hasattr(scheduler, "submit"):  # a Client already
         yield scheduler, len(scheduler.scheduler_info().get("workers", {}))

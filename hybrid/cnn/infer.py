@@ -17,13 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 
 from hybrid._version import __version__
 from hybrid.artifacts import MANIFEST_FILE, read_manifest, write_manifest
+from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import CNNConfig
 from hybrid.cnn.models import build_model, predict_hu
 from hybrid.io._atomic import sha256_file

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers
 
+from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import CNNConfig
+
+layers = keras.layers
 
 __all__ = [
     "predict_hu",

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import NOISE_CHANNELS, CNNConfig
 from hybrid.cnn.models import HURootMeanSquaredError, build_model, set_threads
 from hybrid.cnn.multidose import MultiDoseSampler, NoiseSource, sources_manifest

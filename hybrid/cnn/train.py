@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import CNNConfig
 from hybrid.cnn.models import build_model, compile_model, get_strategy, predict_hu, set_threads
 from hybrid.cnn.sampler import PatchSampler, TrainingPair, as_training_pairs, split_pairs

@@ -20,12 +20,12 @@ such a multiple and crops for it must start on that grid
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers
 
+from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import NOISE_CHANNELS, CNNConfig
+
+layers = keras.layers
 
 __all__ = ["build_noise_aware_model", "forward_padded", "model_inputs"]
 

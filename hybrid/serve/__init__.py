@@ -39,7 +39,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # a service logs its progress (UIDs only); pynetdicom stays at warnings
     logging.getLogger("hybrid.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    from hybrid._logs import quiet_loggers
+
+    quiet_loggers("pynetdicom")  # --verbose: its association details too
     for handler in logging.getLogger().handlers:  # a service's log lines carry the time
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     node = Node(config)
