@@ -77,6 +77,7 @@ def _maps_path(output: Path) -> Path:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     import time
 
+    from hybrid._progress import working
     from hybrid.io import format_of, load, save, save_options
     from hybrid.io.discover import inside
     from hybrid.pipeline import Enhancer
@@ -104,23 +105,31 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                 f"Expected a new output path; {p} already exists. Choose another output, "
                 "remove it, or pass --overwrite."
             )
-    vol = load(src, series_uid=args.series)
-    enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender,
-                        allow_uncalibrated=args.allow_uncalibrated)
+    progress = not args.no_progress
+    with working("hybrid: reading the series", enabled=progress):
+        vol = load(src, series_uid=args.series)
+    # after=0: TensorFlow's import silences stderr for a few seconds (hybrid._logs)
+    with working("hybrid: loading the models (TensorFlow, CNN pair, patch dictionary)",
+                 enabled=progress, after=0):
+        enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender,
+                            allow_uncalibrated=args.allow_uncalibrated)
+    enhancer.prepare(progress=progress)  # one-off work, outside the timing below
     t0 = time.perf_counter()
     res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=args.maps,
-                           progress=not args.no_progress)
+                           progress=progress)
     seconds = time.perf_counter() - t0
     enhanced, maps = res if args.maps else (res, None)
-    saved = save(enhanced, out, format=fmt, overwrite=args.overwrite,
-                 **save_options(enhanced, fmt))
+    with working(f"hybrid: writing the {fmt} output", enabled=progress):
+        saved = save(enhanced, out, format=fmt, overwrite=args.overwrite,
+                     **save_options(enhanced, fmt))
     print(f"enhanced {vol.shape[0]} slice(s) of {vol.shape[1]}x{vol.shape[2]} in {seconds:.1f} s")
     if fmt == "dicom":
         print(f"wrote derived DICOM series {saved.series_uid} to {saved.path}")
     else:
         print(f"wrote {fmt} {saved.path}")
     if maps is not None:
-        maps.save(maps_path, spacing=vol.spacing, overwrite=args.overwrite)
+        with working("hybrid: writing the maps", enabled=progress):
+            maps.save(maps_path, spacing=vol.spacing, overwrite=args.overwrite)
         print(f"wrote maps (masks, proposals, distance, source map) {maps_path}")
     return EXIT_OK
 

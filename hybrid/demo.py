@@ -178,17 +178,25 @@ def run(
     ``enhancer``: an :class:`hybrid.Enhancer` to use instead of the shipped defaults.
     """
     import hybrid
+    from hybrid._progress import working
     from hybrid.data import default_ct_root
     from hybrid.io._atomic import atomic_file
 
     t0 = time.perf_counter()
     n = 2 if fast else 8
-    if enhancer is None:
-        enhancer = hybrid.Enhancer()  # the shipped defaults; a clear error if absent
+    if enhancer is None:  # after=0: TensorFlow's import silences stderr a while (hybrid._logs)
+        with working("hybrid demo: loading the models (TensorFlow, CNN pair, patch dictionary)",
+                     enabled=progress, after=0):
+            enhancer = hybrid.Enhancer()  # the shipped defaults; a clear error if absent
+    enhancer.prepare(progress=progress)  # one-off work, so that the timings below are speed
     print(f"models: {enhancer!r}")
-    cases = [_case_phantom(n, seed)]
+    with working(f"hybrid demo: phantom patient {seed}: drawing {n} slices, scanning them at "
+                 f"normal and {DOSE:.0%} dose", enabled=progress):
+        cases = [_case_phantom(n, seed)]
     if real:
-        rc = _case_real(n, seed, Path(ct_root) if ct_root else default_ct_root())
+        with working(f"hybrid demo: reading {REAL_SERIES}, simulating its {DOSE:.0%} dose",
+                     enabled=progress):
+            rc = _case_real(n, seed, Path(ct_root) if ct_root else default_ct_root())
         if rc is not None:
             cases.append(rc)
     results = {}
@@ -223,7 +231,8 @@ def run(
     label = (f"blender: {mode.name}, threshold {mode.threshold:.3g}"
              if mode.name in ("hard", "soft")
              else f"blender: {mode.name} weight over \u03b4 (and |dict \u2212 CNN|)")
-    png = _figure(cases, out_dir / "demo.png", label)
+    with working("hybrid demo: drawing the figure", enabled=progress):
+        png = _figure(cases, out_dir / "demo.png", label)
     total = time.perf_counter() - t0
     report = {
         "notice": "research software, no diagnostic claim",

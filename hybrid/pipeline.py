@@ -353,6 +353,15 @@ class Enhancer:
         )
 
     # ------------------------------------------------------------------ running
+    def prepare(self, *, progress: bool = True) -> Enhancer:
+        """Do now the one-off work the first :meth:`enhance` would do: on a CPU without a
+        cached search graph, build the patch dictionary's (tens of seconds, once per machine;
+        a notice on stderr says so while it runs, ``progress``).  Returns self."""
+        prepare = getattr(self.dictionary, "prepare", None)
+        if prepare is not None:
+            prepare(progress=progress)
+        return self
+
     def enhance(
         self,
         volume: Any,
@@ -407,6 +416,7 @@ class Enhancer:
         from hybrid.lung import body_mask, segment
 
         nz = arr.shape[0]
+        self.prepare(progress=progress)  # a notice while a first-time graph build runs
         bar = tqdm(total=nz, desc="hybrid.enhance", unit="slice", disable=not progress,
                    leave=False)
         try:
@@ -417,7 +427,6 @@ class Enhancer:
             lung = segment(arr, spacing=spacing, body=body)
             stages = {"segment": time.perf_counter() - clock, "cnn": 0.0, "dictionary": 0.0,
                       "blend": 0.0}
-            bar.set_description("hybrid.enhance")
             out = np.empty(arr.shape, np.float32)
             keep_input = "input" in self.blender.modes
             # once on the whole volume: slices without soft tissue take the volume's median
@@ -436,12 +445,15 @@ class Enhancer:
                 s = slice(start, min(start + self.batch_slices, nz))
                 x = arr[s]
                 clock = time.perf_counter()
+                bar.set_description("hybrid.enhance: CNN pair")
                 cnn_p = self.cnn.propose(x, lung_mask=lung[s], body_mask=body[s])
                 stages["cnn"] += time.perf_counter() - clock
                 clock = time.perf_counter()
+                bar.set_description("hybrid.enhance: patch dictionary")
                 dict_p = self.dictionary.propose(x, body_mask=body[s])
                 stages["dictionary"] += time.perf_counter() - clock
                 clock = time.perf_counter()
+                bar.set_description("hybrid.enhance: blend")
                 cands = [dict_p]
                 if keep_input or return_maps:
                     input_p = InputBaseline.with_ratio(x, ratio[s])

@@ -377,3 +377,25 @@ def test_shipped_dictionary_loads_unchanged():
     uld = np.random.default_rng(1).normal(40.0, SIGMA, (32, 32)).astype(np.float32)
     p = d.with_settings(stride=(2, 3)).propose(uld)
     assert p.image.shape == uld.shape and np.isfinite(p.uncertainty).all()
+
+
+
+def test_prepare_builds_the_graph_once_with_a_notice(dictionary, data, tmp_path, monkeypatch,
+                                                     capsys):
+    """The first-time graph build is announced (issue 18: no silent wait) and cached: a
+    second load of the same dictionary finds it, says nothing, and searches alike."""
+    monkeypatch.setenv("HYBRID_CACHE_DIR", str(tmp_path / "cache"))
+    folder = dictionary.save(tmp_path / "dict")
+    first = PatchDictionary.load(folder, device="cpu")
+    assert first._index.will_build_graph()
+    first.prepare(progress=True)
+    err = capsys.readouterr().err
+    assert "building the patch dictionary's search graph" in err and "done in" in err
+    assert not first._index.will_build_graph()
+    second = PatchDictionary.load(folder, device="cpu")
+    assert not second._index.will_build_graph()  # read from the cache
+    second.prepare(progress=True)
+    assert capsys.readouterr().err == ""
+    uld, _, body = data["test"]
+    q = extract_patches(uld[0], grid_centers(body[0].shape, stride=5, mask=body[0]))
+    assert np.array_equal(first.search(q)[1], second.search(q)[1])  # the same graph

@@ -247,13 +247,19 @@ def _run(todo, manifest, scheduler, workers, threads, config, assets, options, d
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    from hybrid._progress import working
     from hybrid.batch.worker import EnhancerPlugin, enhance_series
 
     records = []
     run = uuid.uuid4().hex[:8]
     t0 = time.perf_counter()
-    with _client(scheduler, workers, threads) as (client, n_workers):
-        client.register_plugin(EnhancerPlugin(config, assets, options, threads))
+    with contextlib.ExitStack() as stack:
+        where = ("the local Dask workers" if scheduler is None else "the given Dask client"
+                 if hasattr(scheduler, "submit") else f"Dask at {scheduler}")
+        with working(f"hybrid batch: starting {where}, loading the models in each",
+                     enabled=progress):
+            client, n_workers = stack.enter_context(_client(scheduler, workers, threads))
+            client.register_plugin(EnhancerPlugin(config, assets, options, threads))
         startup = time.perf_counter() - t0
         futures = {}
         for job in todo:

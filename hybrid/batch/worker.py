@@ -58,7 +58,8 @@ def load_enhancer(assets: dict[str, str | None], options: dict[str, Any], thread
     enhancer = Enhancer(cnn=assets.get("cnn"), dictionary=assets.get("dictionary"),
                                blender=assets.get("blender"), **options)
     enhancer.dictionary.n_threads = int(threads)
-    return enhancer
+    # a first-time search graph is built now, under the start-up notice, not in a task
+    return enhancer.prepare(progress=False)
 
 
 class EnhancerPlugin(WorkerPlugin):

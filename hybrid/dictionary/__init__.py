@@ -352,6 +352,11 @@ class PatchDictionary:
         """Squared distances and ids of the nearest entries of ``(n, key_dim)`` keys."""
         return self._index.search(keys, k, self.n_threads)
 
+    def prepare(self, *, progress: bool = False) -> None:
+        """Ready the search index now (on CPU: read or build the search graph, with a notice
+        on stderr while a build runs when ``progress``) instead of on the first search."""
+        self._index.prepare(progress=progress)
+
     def _cpu_graph(self) -> Any:
         """The CPU search graph, built (or read from the cache) now; experiments time it."""
         return self._index.cpu_graph()

@@ -341,6 +341,31 @@ class DictionaryIndex:
             keys, int(self.config.cpu_graph), digest)
         return graph
 
+    def will_build_graph(self) -> bool:
+        """Whether the first CPU search builds the graph (single-threaded, tens of seconds
+        for the shipped dictionary): a CPU search with ``cpu_graph`` set, exact keys
+        stored, and no copy in the cache (:func:`graph_cache_dir`)."""
+        if self._search_index is not None or not self.config.cpu_graph:
+            return False
+        if self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0):
+            return False
+        if self._graph is not None or self.stored_keys() is None:
+            return False
+        cache = _graph_cache_file(self.meta.get("files", {}).get(INDEX_FILE),
+                                  int(self.config.cpu_graph))
+        return cache is None or not cache.is_file()
+
+    def prepare(self, *, progress: bool = False) -> None:
+        """Make the index ready to search now rather than on the first search; where that
+        builds the CPU graph, say so on stderr while it runs (``progress``)."""
+        from hybrid._progress import working
+
+        folder = graph_cache_dir()
+        where = f"cached in {folder}" if folder is not None else "not cached: HYBRID_CACHE_DIR=''"
+        with working("hybrid: building the patch dictionary's search graph for this machine "
+                     f"(once; {where})", enabled=progress and self.will_build_graph(), after=0):
+            self._ensure_search_index()
+
     def _ensure_search_index(self) -> Any:
         if self._search_index is not None:
             return self._search_index
