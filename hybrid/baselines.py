@@ -273,7 +273,16 @@ class InputBaseline(Baseline):
     def noise_ratio(self, volume_or_array: Any, body_mask: Any = None) -> np.ndarray:
         """Per-slice :func:`hybrid.cnn.noise.noise_ratio` with this proposer's kernel class
         (or the Volume's ``provenance.kernel``, or the noise texture's guess)."""
-        from hybrid.cnn.noise import noise_ratio
+        from hybrid.cnn.noise import ratio_of
+
+        est, kernel = self.noise_estimate(volume_or_array, body_mask)
+        return ratio_of(est, kernel)
+
+    def noise_estimate(self, volume_or_array: Any, body_mask: Any = None):
+        """The input's :class:`hybrid.cnn.noise.NoiseEstimate` and the kernel class used
+        for its ratio (this proposer's, or the Volume's ``provenance.kernel``, or None for
+        each slice's texture class): :meth:`noise_ratio` is ``ratio_of`` these."""
+        from hybrid.cnn.noise import estimate_noise
         from hybrid.physics import kernel_for
 
         stack, _ = as_stack(volume_or_array, name="volume_or_array")
@@ -282,7 +291,7 @@ class InputBaseline(Baseline):
         dicom_kernel = getattr(getattr(volume_or_array, "provenance", None), "kernel", None)
         if kernel is None and dicom_kernel:
             kernel = kernel_for(dicom_kernel)
-        return noise_ratio(stack, body, kernel=kernel)
+        return estimate_noise(stack, body), kernel
 
     @classmethod
     def with_ratio(cls, image: np.ndarray, ratio: np.ndarray) -> Proposal:

@@ -80,7 +80,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from hybrid._progress import working
     from hybrid.io import format_of, load, save, save_options
     from hybrid.io.discover import inside
-    from hybrid.pipeline import Enhancer
+    from hybrid.pipeline import Enhancer, describe_reading
 
     src, out = Path(args.input), Path(args.output)
     if not src.exists():
@@ -123,6 +123,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         saved = save(enhanced, out, format=fmt, overwrite=args.overwrite,
                      **save_options(enhanced, fmt))
     print(f"enhanced {vol.shape[0]} slice(s) of {vol.shape[1]}x{vol.shape[2]} in {seconds:.1f} s")
+    print(describe_reading(enhancer.last_info["input"]))
     if fmt == "dicom":
         print(f"wrote derived DICOM series {saved.series_uid} to {saved.path}")
     else:

@@ -182,6 +182,17 @@ def _valid_dose(dose_fraction: Any) -> float | None:
     return f
 
 
+def describe_reading(r: dict[str, Any]) -> str:
+    """One line on what the input looked like and what was done about it (the ``"input"``
+    entry of :attr:`Enhancer.last_info`): for the log, the CLI and the derived series."""
+    text = (f"input noise {r['noise_hu']:.1f} HU in soft tissue, {r['kernel_class']} kernel "
+            f"(from its {r['kernel_class_from']}), {r['noise_ratio']:.1f} x a typical normal-dose "
+            f"scan's: {r['reads_as']}")
+    if "input_weight_body" in r:
+        text += f"; the input kept {100 * r['input_weight_body']:.0f} % of the result in the body"
+    return text
+
+
 class Enhancer:
     """Loaded models for repeated enhancement of ultra-low-dose chest CT.
 
@@ -413,6 +424,7 @@ class Enhancer:
         from tqdm.auto import tqdm
 
         from hybrid.baselines import InputBaseline
+        from hybrid.cnn.noise import ratio_of, reading
         from hybrid.lung import body_mask, segment
 
         nz = arr.shape[0]
@@ -429,9 +441,13 @@ class Enhancer:
                       "blend": 0.0}
             out = np.empty(arr.shape, np.float32)
             keep_input = "input" in self.blender.modes
-            # once on the whole volume: slices without soft tissue take the volume's median
-            ratio = (InputBaseline().noise_ratio(volume if vol is not None else arr, body)
-                     if keep_input or return_maps else None)
+            # once on the whole volume: slices without soft tissue take the volume's median;
+            # what the input looks like is told to the user (log, CLI, derived series)
+            noise_est, kernel = InputBaseline().noise_estimate(
+                volume if vol is not None else arr, body)
+            ratio = ratio_of(noise_est, kernel)
+            input_reading = reading(noise_est, kernel)
+            input_share = [0.0, 0]  # sum of the input's weight inside the body, pixels
             if return_maps:
                 maps = {
                     "cnn": np.empty(arr.shape, np.float32),
@@ -461,6 +477,10 @@ class Enhancer:
                         cands.append(input_p)
                 res = self.blender.blend(cnn_p, *cands)
                 out[s] = res.image
+                if keep_input:
+                    w = np.broadcast_to(res.weights["input"], x.shape)[body[s]]
+                    input_share[0] += float(w.sum())
+                    input_share[1] += w.size
                 stages["blend"] += time.perf_counter() - clock
                 if return_maps:
                     maps["cnn"][s] = cnn_p.image
@@ -478,9 +498,12 @@ class Enhancer:
                 "The models returned non-finite values; the assets may be corrupt. "
                 "Re-create them (make train dictionary)."
             )
+        input_reading["input_weight_body"] = (
+            round(input_share[0] / input_share[1], 3) if input_share[1] else 0.0)
         step = f"hybrid.enhance {__version__}"
         if dose is not None:
             step += f" (dose_fraction={dose:g})"
+        step += f"; {describe_reading(input_reading)}"
         info = {
             "step": step,
             "version": __version__,
@@ -494,9 +517,11 @@ class Enhancer:
             "models": dict(self.sources),
             "seconds": round(time.perf_counter() - t0, 3),
             "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()},
+            "input": input_reading,
         }
         self._last.info = info
-        log.info("enhanced %d slice(s) %s in %.1f s", nz, arr.shape[1:], info["seconds"])
+        log.info("enhanced %d slice(s) %s in %.1f s; %s", nz, arr.shape[1:], info["seconds"],
+                 describe_reading(input_reading))
         if vol is not None:
             result: Any = vol.with_array(out, step=step)
         else:

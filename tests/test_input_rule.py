@@ -158,3 +158,28 @@ def test_enhancer_applies_the_input_rule_and_shows_it_in_the_maps():
     np.testing.assert_array_equal(maps.input_weight, 1.0)
     np.testing.assert_array_equal(maps.dictionary_weight, 0.0)
     np.testing.assert_allclose(maps.noise_ratio[:, 0, 0], noise_ratio(x, maps.body_mask), rtol=1e-6)
+
+
+def test_reading_classes_and_kernel_source():
+    """``reading`` (what the user is told): median noise over the slices, the class bounds
+    of DOSE_READING_BOUNDS taken inclusively, the given kernel class over the textures'."""
+    from hybrid.cnn.noise import DOSE_READING_BOUNDS, NoiseEstimate, reading
+
+    ref = NORMAL_DOSE_SIGMA_HU["standard"]
+    lo, hi = DOSE_READING_BOUNDS
+
+    def est(ratios, classes=None):
+        n = len(ratios)
+        return NoiseEstimate(sigma_hu=np.asarray(ratios, float) * ref, texture=np.full(n, 0.8),
+                             kernel_class=tuple(classes or ["standard"] * n),
+                             measured=np.ones(n, bool))
+
+    assert reading(est([0.4, lo, 9.0]), "standard")["reads_as"] == "normal-dose noise"
+    assert reading(est([lo + 0.01]), "standard")["reads_as"] == "low-dose noise"
+    assert reading(est([hi]), "standard")["reads_as"] == "low-dose noise"
+    assert reading(est([hi + 0.01]), "standard")["reads_as"] == "ultra-low-dose noise"
+    r = reading(est([2.0, 2.0, 2.0], ["standard", "standard", "sharp"]))
+    assert (r["kernel_class"], r["kernel_class_from"]) == ("standard", "noise texture")
+    assert r["noise_hu"] == pytest.approx(2.0 * ref, abs=0.05)
+    assert reading(est([2.0]), "smooth")["noise_ratio"] == pytest.approx(
+        2.0 * ref / NORMAL_DOSE_SIGMA_HU["smooth"], abs=0.01)

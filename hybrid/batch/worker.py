@@ -166,6 +166,7 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
         out = enhancer.enhance(vol, dose_fraction=dose_fraction, progress=False)
         t3, c3 = time.perf_counter(), time.process_time()
         rec["noise_after_hu"] = _noise(out.array, body)
+        rec["input"] = dict(enhancer.last_info["input"])  # what it looked like, what was done
         fmt = job["format"]
         saved = save(out, job["output"], format=fmt, overwrite=True, **save_options(out, fmt))
         t4 = time.perf_counter()
