@@ -99,7 +99,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             "hybrid never writes over or into its input: choose another output path."
         )
     maps_path = _maps_path(out) if args.maps else None
-    for p in (out, maps_path):
+    for p in (out, maps_path, args.report):
         if p is not None and p.exists() and not args.overwrite:
             raise FileExistsError(
                 f"Expected a new output path; {p} already exists. Choose another output, "
@@ -115,10 +115,11 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                             allow_uncalibrated=args.allow_uncalibrated)
     enhancer.prepare(progress=progress)  # one-off work, outside the timing below
     t0 = time.perf_counter()
-    res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=args.maps,
+    want_maps = args.maps or args.report is not None
+    res = enhancer.enhance(vol, dose_fraction=args.dose_fraction, return_maps=want_maps,
                            progress=progress)
     seconds = time.perf_counter() - t0
-    enhanced, maps = res if args.maps else (res, None)
+    enhanced, maps = res if want_maps else (res, None)
     with working(f"hybrid: writing the {fmt} output", enabled=progress):
         saved = save(enhanced, out, format=fmt, overwrite=args.overwrite,
                      **save_options(enhanced, fmt))
@@ -128,10 +129,17 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         print(f"wrote derived DICOM series {saved.series_uid} to {saved.path}")
     else:
         print(f"wrote {fmt} {saved.path}")
-    if maps is not None:
+    if maps_path is not None:
         with working("hybrid: writing the maps", enabled=progress):
             maps.save(maps_path, spacing=vol.spacing, overwrite=args.overwrite)
         print(f"wrote maps (masks, proposals, distance, source map) {maps_path}")
+    if args.report is not None:
+        from hybrid.series_report import write_report
+
+        with working("hybrid: writing the report", enabled=progress):
+            write_report(args.report, vol, enhanced, maps, enhancer.last_info,
+                         overwrite=args.overwrite)
+        print(f"wrote report {args.report}")
     return EXIT_OK
 
 
@@ -174,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", action="store_true",
                    help="also write OUTPUT_maps.h5 beside the output: lung/body masks, CNN and "
                         "dictionary proposals, distance, source map (dictionary weight)")
+    p.add_argument("--report", type=Path, metavar="HTML",
+                   help="also write a self-contained HTML page: before/after in the lung and "
+                        "soft-tissue windows, source map, noise before/after, settings, "
+                        "timings")
     p.add_argument("--dose-fraction", type=float, metavar="F",
                    help="the scan's dose relative to normal dose (e.g. 0.02); recorded, "
                         "currently informational")

@@ -289,3 +289,24 @@ def test_cli_and_batch_write_the_same_derivation_text(assets, series, tmp_path, 
     # each names the series it wrote, as it is in the files
     assert f"wrote derived DICOM series {cli_ds.SeriesInstanceUID} to" in printed
     assert rec["output_series_uid"] == str(batch_ds.SeriesInstanceUID)
+
+
+def test_batch_reports_one_page_per_series_and_an_index(cluster, assets, series, tmp_path):
+    """--report: one self-contained page per series in DIR/reports and an index linking
+    them; a second run skips them; a series done earlier without a report gets one."""
+    out = tmp_path / "out"
+    run_batch(series[:1], out, scheduler=cluster.scheduler_address, progress=False, **assets)
+    assert not (out / "reports").exists()
+    s = run_batch(series, out, scheduler=cluster.scheduler_address, progress=False,
+                  report=True, **assets)
+    assert (s.done, s.skipped, s.failed) == (3, 0, 0)  # a.h5 redone: it had no report
+    pages = sorted(p.name for p in (out / "reports").iterdir())
+    assert pages == ["a.html", "b.html", "c_dicom.html", "index.html"]
+    index = (out / "reports" / "index.html").read_text(encoding="utf-8")
+    for name in ("a.html", "b.html", "c_dicom.html"):
+        assert f'href="{name}"' in index
+        page = (out / "reports" / name).read_text(encoding="utf-8")
+        assert page.count("data:image/png;base64,") >= 5 and "no diagnostic claim" in page
+    s2 = run_batch(series, out, scheduler=cluster.scheduler_address, progress=False,
+                   report=True, **assets)
+    assert (s2.done, s2.skipped) == (0, 3)

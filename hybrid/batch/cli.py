@@ -21,7 +21,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         args.inputs, args.out, scheduler=args.scheduler, workers=args.workers,
         threads_per_worker=args.threads_per_worker, format=args.format, cnn=args.cnn,
         dictionary=args.dictionary, blender=args.blender, dose_fraction=args.dose_fraction,
-        progress=not args.no_progress)
+        progress=not args.no_progress, report=args.report)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -57,6 +57,8 @@ def add_cli(sub: Any) -> None:
                    help="output format (default: the input's; .npy input gives HDF5)")
     p.add_argument("--dose-fraction", type=float, metavar="F",
                    help="the scans' dose relative to normal dose; recorded, informational")
+    p.add_argument("--report", action="store_true",
+                   help="also write an HTML report per series and an index page to DIR/reports/")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cnn", type=Path, metavar="DIR", help=argparse.SUPPRESS)

@@ -129,6 +129,18 @@ def _client(scheduler: Any, workers: int | None, threads: int) -> Iterator[tuple
         yield client, n
 
 
+#: Folder of ``out_dir`` that holds the per-series reports and their index page.
+REPORTS_DIR = "reports"
+
+
+def report_path(out_dir: Path, output: Path) -> Path:
+    """``out_dir/reports/<output's path below out_dir, suffix dropped, / as __>.html``."""
+    from hybrid.io.formats import strip_suffix
+
+    rel = output.relative_to(out_dir)
+    return out_dir / REPORTS_DIR / (strip_suffix("__".join(rel.parts)) + ".html")
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -144,6 +156,7 @@ def run_batch(
     dose_fraction: float | None = None,
     retries: int = 1,
     progress: bool = True,
+    report: bool = False,
 ) -> BatchSummary:
     """Enhance many series on Dask, one task per series; resumable.
 
@@ -176,6 +189,10 @@ def run_batch(
         (``distributed.scheduler.allowed-failures``, 3 by default).
     progress : bool
         A tqdm bar on stderr over finished series.
+    report : bool
+        Also write one HTML report per series (:mod:`hybrid.series_report`) to
+        ``out_dir/reports/`` and an ``index.html`` there over every series of the
+        manifest.  A series recorded done without its report is enhanced again.
 
     Returns
     -------
@@ -217,7 +234,9 @@ def run_batch(
             job["input_fingerprint"] = stat_digest(Path(job["source"]))
             job["config"] = config
             job["hybrid_version"] = __version__
-            if is_done(manifest.get(job["source"]), job, job["input_fingerprint"], config):
+            job["report"] = str(report_path(out_path, Path(job["output"]))) if report else None
+            if is_done(manifest.get(job["source"]), job, job["input_fingerprint"], config) and (
+                    not report or Path(job["report"]).is_file()):
                 skipped += 1
             else:
                 todo.append(job)
@@ -232,6 +251,11 @@ def run_batch(
             for job in todo:
                 remove_leftovers(Path(job["output"]))
         manifest.rewrite()
+        if report:
+            from hybrid.series_report import write_index
+
+            write_index(out_path / REPORTS_DIR / "index.html",
+                        [manifest.get(job["source"]) or job for job in jobs])
     failures = [{"source": r["source"], "error": r.get("error") or "?"}
                 for r in records if r["status"] != "done"]
     done = [r for r in records if r["status"] == "done"]

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -163,7 +164,9 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
         rec["slices"] = int(vol.shape[0])
         rec["noise_before_hu"] = _noise(vol.array, body)
         c2 = time.process_time()
-        out = enhancer.enhance(vol, dose_fraction=dose_fraction, progress=False)
+        res = enhancer.enhance(vol, dose_fraction=dose_fraction, progress=False,
+                               return_maps=bool(job.get("report")))
+        out, maps = res if job.get("report") else (res, None)
         t3, c3 = time.perf_counter(), time.process_time()
         rec["noise_after_hu"] = _noise(out.array, body)
         rec["input"] = dict(enhancer.last_info["input"])  # what it looked like, what was done
@@ -173,6 +176,11 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
         if fmt == "dicom":
             rec["output_series_uid"] = saved.series_uid
         rec["output_sha256"] = output_digest(saved.path)
+        if job.get("report"):
+            from hybrid.series_report import write_report
+
+            Path(job["report"]).parent.mkdir(parents=True, exist_ok=True)
+            write_report(job["report"], vol, out, maps, enhancer.last_info, overwrite=True)
         rec["timings_s"] = {"models": round(t1 - t0, 3), "load": round(t2 - t1, 3),
                             "enhance": round(t3 - t2, 3), "save": round(t4 - t3, 3),
                             # CPU seconds of this worker process while enhancing (all threads)
