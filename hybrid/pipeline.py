@@ -212,7 +212,7 @@ class Enhancer:
         x)``; 1 = every pixel.  Default: the grid the blender was calibrated
         on, ``(2, 3)`` for the shipped one (a sixth of the pixels queried).
         The square grid 2 queries 1.5x as many patches for 0.01-0.2 % lower
-        held-out hybrid RMSE (README, "Results on held-out patients").
+        held-out hybrid RMSE (docs/results.md, "Results on held-out patients").
     k : int, keyword-only
         Dictionary neighbours per patch (1).
     batch_slices : int, keyword-only

@@ -75,8 +75,7 @@ def add_cli(sub) -> None:
         epilog="The configuration is TOML (or YAML): mode, spool, [listener], [orthanc], "
                "[select], [destination], [retry]. The Orthanc password comes from the "
                "environment variable named by [orthanc] password_env (default "
-               "HYBRID_ORTHANC_PASSWORD), never from the file. See README, 'Deploy beside "
-               "a PACS'.")
+               "HYBRID_ORTHANC_PASSWORD), never from the file. See docs/pacs.md.")
     p.add_argument("config", type=Path, metavar="CONFIG", help="configuration file (.toml/.yaml)")
     p.add_argument("--check", action="store_true",
                    help="validate the configuration and the PACS credentials, then exit")
