@@ -10,10 +10,12 @@ setup: $(STAMP)
 
 # Re-install only when the dependency list changes: fast when already done.
 $(STAMP): pyproject.toml
+	@echo "make setup: installing hybrid and its pinned dependencies into $(VENV)/ (once; a few minutes)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+	@echo "make setup: done"
 
 test: setup
 	$(PY) -m pytest -q

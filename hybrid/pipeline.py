@@ -373,6 +373,29 @@ class Enhancer:
             prepare(progress=progress)
         return self
 
+    def _info(self, dose: float | None, input_reading: dict[str, Any],
+              stages: dict[str, float], seconds: float) -> dict[str, Any]:
+        """:attr:`last_info` of a run: settings, models, timings, the input's reading."""
+        step = f"hybrid.enhance {__version__}"
+        if dose is not None:
+            step += f" (dose_fraction={dose:g})"
+        step += f"; {describe_reading(input_reading)}"
+        return {
+            "step": step,
+            "version": __version__,
+            "dose_fraction": dose,
+            "dose_fraction_effect": "informational (one model set for all doses)",
+            "stride": self.stride,
+            "k": self.k,
+            "batch_slices": self.batch_slices,
+            "blender": self.blender.info(),
+            "calibration_check": self.calibration_check,
+            "models": dict(self.sources),
+            "seconds": round(seconds, 3),
+            "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()},
+            "input": input_reading,
+        }
+
     def enhance(
         self,
         volume: Any,
@@ -500,25 +523,8 @@ class Enhancer:
             )
         input_reading["input_weight_body"] = (
             round(input_share[0] / input_share[1], 3) if input_share[1] else 0.0)
-        step = f"hybrid.enhance {__version__}"
-        if dose is not None:
-            step += f" (dose_fraction={dose:g})"
-        step += f"; {describe_reading(input_reading)}"
-        info = {
-            "step": step,
-            "version": __version__,
-            "dose_fraction": dose,
-            "dose_fraction_effect": "informational (one model set for all doses)",
-            "stride": self.stride,
-            "k": self.k,
-            "batch_slices": self.batch_slices,
-            "blender": self.blender.info(),
-            "calibration_check": self.calibration_check,
-            "models": dict(self.sources),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()},
-            "input": input_reading,
-        }
+        info = self._info(dose, input_reading, stages, time.perf_counter() - t0)
+        step = info["step"]
         self._last.info = info
         log.info("enhanced %d slice(s) %s in %.1f s; %s", nz, arr.shape[1:], info["seconds"],
                  describe_reading(input_reading))
