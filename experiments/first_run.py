@@ -32,19 +32,16 @@ def timeline(argv: list[str], env: dict[str, str]) -> tuple[list[tuple[float, st
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     events: list[tuple[float, str]] = []
-    buf = b""
     assert proc.stdout is not None
     while True:
         chunk = os.read(proc.stdout.fileno(), 4096)
         if not chunk:
             break
         now = time.perf_counter() - t0
-        buf += chunk
-        parts = re.split(rb"[\r\n]", buf)
-        buf = parts.pop()
-        events.extend((now, p.decode(errors="replace")) for p in parts if p.strip())
-    if buf.strip():
-        events.append((time.perf_counter() - t0, buf.decode(errors="replace")))
+        # every piece counts as shown when it arrives, also one not yet ended by \r or \n
+        # (a bar's first draw); a line split across two reads becomes two events
+        events.extend((now, p.decode(errors="replace")) for p in re.split(rb"[\r\n]", chunk)
+                      if p.strip())
     rc = proc.wait()
     events.append((time.perf_counter() - t0, "<exit>"))
     return events, rc

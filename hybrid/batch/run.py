@@ -222,7 +222,12 @@ def run_batch(
         sy, sx = check_stride(stride)
         stride = sy if sy == sx else [sy, sx]  # JSON-able: part of the manifest's config key
     options: dict[str, Any] = {} if stride is None else {"stride": stride}
-    jobs = plan_series(inputs, out_dir, format)
+    from tqdm.auto import tqdm
+
+    from hybrid._progress import working
+
+    with working(f"hybrid batch: finding the series in {len(inputs)} input(s)", enabled=progress):
+        jobs = plan_series(inputs, out_dir, format)
     out_path = Path(out_dir).resolve()
     out_path.mkdir(parents=True, exist_ok=True)
     config = config_key(assets, options, dose_fraction)
@@ -230,7 +235,8 @@ def run_batch(
     with locked(out_path):
         manifest = Manifest(out_path / MANIFEST_NAME)
         todo, skipped = [], 0
-        for job in jobs:
+        for job in tqdm(jobs, desc="hybrid batch: checking the manifest", unit="series",
+                        disable=not progress or len(jobs) < 50, leave=False):
             job["input_fingerprint"] = stat_digest(Path(job["source"]))
             job["config"] = config
             job["hybrid_version"] = __version__
