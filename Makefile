@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install only when the dependency list changes: fast when already done.
+SETUP_NOTICE := make setup: installing hybrid and its pinned dependencies into $(VENV)/ (once; a few minutes)
 $(STAMP): pyproject.toml
-	@echo "make setup: installing hybrid and its pinned dependencies into $(VENV)/ (once; a few minutes)..."
+	@echo "$(SETUP_NOTICE)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
-	@echo "make setup: done"
+	@echo "$(SETUP_NOTICE): done"
 
 test: setup
 	$(PY) -m pytest -q

@@ -3,8 +3,8 @@
 Runs COMMAND with stdout and stderr joined, unbuffered, and stamps every line and every
 progress-bar redraw (``\\r``) with the time it arrived.  Reports each wait of more than
 ``--limit`` seconds (2) between two outputs, and whether something was on screen telling
-what was happening: a progress bar (the last output was a tqdm line) or a notice (any
-other line).  A wait after a plain result line ("wrote ...") with nothing new is silent.
+what was happening: a progress bar (the last output was a tqdm line) or a notice (a line
+ending in "...", in effect until its ": done" line).  A wait with neither is silent.
 
     python experiments/first_run.py --out experiments/results/first_run.json -- make demo
     HYBRID_CACHE_DIR=$(mktemp -d) python experiments/first_run.py -- make demo   # cold
@@ -48,15 +48,23 @@ def timeline(argv: list[str], env: dict[str, str]) -> tuple[list[tuple[float, st
 
 
 def waits(events: list[tuple[float, str]], limit: float) -> list[dict]:
+    """Each wait over ``limit`` and what was on screen: the last output if it was a bar,
+    else the notice in effect (a line ending in "..." stays on screen, and in effect,
+    until its ": done" line or the next notice: other lines printed below it, a warning
+    of pip's say, do not take it back), else nothing ("silent")."""
     out = []
-    last_t, last_text = 0.0, "<start>"
+    last_t, last_text, notice = 0.0, "<start>", None
     for t, text in events:
         gap = t - last_t
         if gap > limit:
-            shown = ("bar" if _BAR.search(last_text) else
-                     "notice" if _NOTICE.search(last_text) else "silent")
+            shown = ("bar" if _BAR.search(last_text) else "notice" if notice else "silent")
             out.append({"after_s": round(last_t, 2), "wait_s": round(gap, 2), "shown": shown,
-                        "last_output": last_text[-160:], "next_output": text[-160:]})
+                        "last_output": last_text[-160:], "notice": notice and notice[-160:],
+                        "next_output": text[-160:]})
+        if _NOTICE.search(text):
+            notice = text
+        elif notice and text.startswith(notice.rstrip(".\u2026 ") + ": done"):
+            notice = None
         last_t, last_text = t, text
     return out
 
@@ -65,11 +73,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=float, default=2.0, help="longest acceptable silent wait, s")
     p.add_argument("--out", type=Path, help="JSON file for the timeline and the waits")
+    p.add_argument("--reanalyse", type=Path, metavar="JSON",
+                   help="classify the waits of a timeline written before (--out) again")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
     args = p.parse_args()
     argv = [a for a in args.command if a != "--"] or ["make", "demo"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    events, rc = timeline(argv, env)
+    if args.reanalyse:
+        old = json.loads(args.reanalyse.read_text())
+        argv, rc = old["command"], old["exit"]
+        events = [(float(t), str(s)) for t, s in old["timeline"]]
+    else:
+        events, rc = timeline(argv, {**os.environ, "PYTHONUNBUFFERED": "1"})
     found = waits(events, args.limit)
     silent = [w for w in found if w["shown"] == "silent"]
     for w in found:

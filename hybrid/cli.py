@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,17 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - the console script; tests call main()
-    """The ``hybrid`` console script: :func:`main`, then exit at once.
+    """The ``hybrid`` console script: :func:`main`, then :func:`hybrid._progress.exit_now`
+    (no 2 s of silence while TensorFlow is torn down)."""
+    from hybrid._progress import exit_now
 
-    Every output is written (atomically) and closed by then; what is left is the
-    interpreter tearing TensorFlow and FAISS down, about 2 s of silence after the last
-    line on this machine (issue 18: no silent wait).  So flush, close the logs, and leave.
-    """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    exit_now(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -284,4 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from hybrid._progress import exit_now
+
+    exit_now(main())  # no 2 s of silence while TensorFlow is torn down
