@@ -68,6 +68,48 @@ def _rmse(a, b, mask) -> float:
     return float(np.sqrt(np.mean(d * d)))
 
 
+def blend_score(cnn_img, prop, ref, body, cnn_rmse: float) -> dict[str, float]:
+    """A proposal alone and its best constant blend with the CNN (w on these slices)."""
+    curve = {float(w): _rmse((1 - w) * cnn_img + w * prop, ref, body) for w in WEIGHTS}
+    best = min(curve, key=curve.get)
+    return {"alone": _rmse(prop, ref, body), "best_w": best, "blend_at_best_w": curve[best],
+            "gain_over_cnn_pct": 100 * (1 - curve[best] / cnn_rmse)}
+
+
+def score_variants(dictionaries: dict, case, cnn_img, cnn_rmse: float,
+                   ks: tuple[int, ...] = (1, 8)) -> dict[str, dict[str, float]]:
+    """:func:`blend_score` of every dictionary at every k on one held-out case: "uld..."
+    dictionaries are queried with the low-dose image, the others with the CNN's output,
+    "...residual" ones add their correction to it (:func:`_residual_proposal`)."""
+    body, scores = case.body_mask, {}
+    for name, d in dictionaries.items():
+        for k in ks:
+            if name.endswith("residual"):
+                prop = _residual_proposal(d, cnn_img, body, k)
+            else:
+                query = case.uld.array if name.startswith("uld") else cnn_img
+                prop = d.with_settings(stride=2, k=k).propose(query, body_mask=body).image
+            scores[f"{name} k={k}"] = blend_score(cnn_img, prop, case.nd, body, cnn_rmse)
+    return scores
+
+
+def cell(v: dict[str, float]) -> str:
+    """A table cell of :func:`blend_score`: alone / best blend (w, gain)."""
+    return (f"{v['alone']:.1f} / {v['blend_at_best_w']:.1f} (w {v['best_w']:.2f}, "
+            f"{v['gain_over_cnn_pct']:+.1f} %)")
+
+
+def write_results(out: Path, payload: dict, title: str, script: str, lines: list[str]) -> None:
+    """``results.json`` (``payload``) and ``results.md`` (``title`` and the table ``lines``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    (out / "results.md").write_text(
+        f"# {title}\n\nEach cell: alone / best constant blend with the CNN (its weight w, its "
+        "gain over the CNN alone; w chosen on these slices: an upper bound).  Produced by "
+        f"`python experiments/{script}`.\n\n" + "\n".join(lines) + "\n")
+    print((out / "results.md").read_text())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("data"))
@@ -122,41 +164,19 @@ def main() -> int:
         row = {"case": case.case_id, "slices": [s.start, s.stop], "nd_own_noise_hu": floor,
                "input": _rmse(case.uld.array, case.nd, body), "cnn": _rmse(out, case.nd, body),
                "variants": {}}
-        for name, d in dictionaries.items():
-            query = case.uld.array if name.startswith("uld") else out
-            for k in (1, 8):
-                if name.endswith("residual"):
-                    prop = _residual_proposal(d, out, body, k)
-                else:
-                    prop = d.with_settings(stride=2, k=k).propose(query, body_mask=body).image
-                curve = {float(w): _rmse((1 - w) * out + w * prop, case.nd, body) for w in WEIGHTS}
-                best_w = min(curve, key=curve.get)
-                row["variants"][f"{name} k={k}"] = {
-                    "alone": _rmse(prop, case.nd, body), "best_w": best_w,
-                    "blend_at_best_w": curve[best_w],
-                    "gain_over_cnn_pct": 100 * (1 - curve[best_w] / row["cnn"])}
+        row["variants"] = score_variants(dictionaries, case, out, row["cnn"])
         rows.append(row)
         print(json.dumps(row, indent=1))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(
-        {"dictionary_cases": [c.case_id for c in dict_cases], "config": dataclasses.asdict(cfg),
-         "rows": rows}, indent=1, default=str) + "\n")
     names = list(rows[0]["variants"])
     lines = ["| case (ND own noise) | input | CNN | " + " | ".join(names) + " |",
              "|---|---:|---:|" + "---:|" * len(names)]
-    for r in rows:
-        cells = [f"{r['variants'][n]['alone']:.1f} / {r['variants'][n]['blend_at_best_w']:.1f} "
-                 f"(w {r['variants'][n]['best_w']:.2f}, {r['variants'][n]['gain_over_cnn_pct']:+.1f} %)"
-                 for n in names]
-        lines.append(f"| {r['case']} ({r['nd_own_noise_hu']:.0f} HU) | {r['input']:.1f} | "
-                     f"{r['cnn']:.1f} | " + " | ".join(cells) + " |")
-    (args.out / "results.md").write_text(
-        "# Dictionary idea 1 (issue 17): body RMSE in HU on held-out cases at 2 % dose\n\n"
-        "Each variant: dictionary alone / best constant blend with the CNN (its weight w, "
-        "its gain over the CNN alone; w chosen on these slices: an upper bound).  Produced by "
-        "`python experiments/dictionary_ideas.py`.\n\n" + "\n".join(lines) + "\n")
-    print((args.out / "results.md").read_text())
+    lines += [f"| {r['case']} ({r['nd_own_noise_hu']:.0f} HU) | {r['input']:.1f} | {r['cnn']:.1f} | "
+              + " | ".join(cell(r["variants"][n]) for n in names) + " |" for r in rows]
+    write_results(args.out, {"dictionary_cases": [c.case_id for c in dict_cases],
+                             "config": dataclasses.asdict(cfg), "rows": rows},
+                  "Dictionary idea 1 (issue 17): body RMSE in HU on held-out cases at 2 % dose",
+                  "dictionary_ideas.py", lines)
     return 0
 
 

@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dictionary_ideas import _rmse, blend_score, cell, write_results  # noqa: E402
+
 SERIES = ("pancreas-ct-cb-001", "itkelastix-thorax")
 H_VALUES = (20.0, 40.0, 80.0, 160.0)
-WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 
 
 def guided_nlm(current: np.ndarray, prior: np.ndarray, h: float, *, search: int = 5,
@@ -55,11 +58,6 @@ def guided_nlm(current: np.ndarray, prior: np.ndarray, h: float, *, search: int 
             num += w * cur_p[pad + dy:pad + dy + ny, pad + dx:pad + dx + nx]
             den += w
     return (num / den).astype(np.float32)
-
-
-def _rmse(a, b, mask) -> float:
-    d = (np.asarray(a, np.float64) - b)[mask]
-    return float(np.sqrt(np.mean(d * d)))
 
 
 def main() -> int:
@@ -104,31 +102,18 @@ def main() -> int:
         for h in H_VALUES:
             g = np.stack([guided_nlm(c, pr, h) for c, pr in zip(cur, prior)])
             g = np.where(body, g, cur)
-            curve = {float(w): _rmse((1 - w) * out + w * g, ref, body) for w in WEIGHTS}
-            best = min(curve, key=curve.get)
-            row["h"][str(h)] = {"alone": _rmse(g, ref, body), "best_w": best,
-                                "blend_at_best_w": curve[best],
-                                "gain_over_cnn_pct": 100 * (1 - curve[best] / row["cnn"])}
+            row["h"][str(h)] = blend_score(out, g, ref, body, row["cnn"])
         rows.append(row)
         print(json.dumps(row, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     lines = ["| series (gap, ND own noise) | prior vs reference | input | CNN | "
              + " | ".join(f"guided NLM h={h:g}" for h in H_VALUES) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(H_VALUES)]
-    for r in rows:
-        cells = [f"{v['alone']:.1f} / {v['blend_at_best_w']:.1f} (w {v['best_w']:.2f}, "
-                 f"{v['gain_over_cnn_pct']:+.1f} %)" for v in r["h"].values()]
-        lines.append(f"| {r['series']} ({r['slice_gap_mm']:.2f} mm, {r['nd_own_noise_hu']:.0f} HU) | "
-                     f"{r['prior_vs_reference_hu']:.1f} | {r['input']:.1f} | {r['cnn']:.1f} | "
-                     + " | ".join(cells) + " |")
-    (args.out / "results.md").write_text(
-        "# Dictionary idea 3 (issue 17): a guiding prior (neighbouring normal-dose slice), "
-        "body RMSE in HU at 2 % dose\n\nEach h: guided NLM alone / best constant blend with "
-        "the CNN (its weight w, its gain over the CNN alone; w chosen on these slices: an upper "
-        "bound).  Produced by `python experiments/dictionary_prior.py`.\n\n"
-        + "\n".join(lines) + "\n")
-    print((args.out / "results.md").read_text())
+    lines += [f"| {r['series']} ({r['slice_gap_mm']:.2f} mm, {r['nd_own_noise_hu']:.0f} HU) | "
+              f"{r['prior_vs_reference_hu']:.1f} | {r['input']:.1f} | {r['cnn']:.1f} | "
+              + " | ".join(cell(v) for v in r["h"].values()) + " |" for r in rows]
+    write_results(args.out, {"rows": rows},
+                  "Dictionary idea 3 (issue 17): a guiding prior (neighbouring normal-dose "
+                  "slice), body RMSE in HU at 2 % dose", "dictionary_prior.py", lines)
     return 0
 
 

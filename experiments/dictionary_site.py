@@ -30,7 +30,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dictionary_ideas import WEIGHTS, _cnn_output, _residual_proposal, _rmse  # noqa: E402
+from dictionary_ideas import (  # noqa: E402
+    _cnn_output,
+    _rmse,
+    cell,
+    score_variants,
+    write_results,
+)
 
 TARGETS = {"A0001-L": "sharp", "A0001-B": "standard"}
 SITE_CASE = "thorax"
@@ -79,38 +85,18 @@ def main() -> int:
                "nd_own_noise_hu": float(estimate_noise_hu(case.nd, mask=body)),
                "input": _rmse(case.uld.array, case.nd, body), "cnn": _rmse(out, case.nd, body),
                "variants": {}}
-        for name, d in dicts.items():
-            for k in (1, 8):
-                if name == "cnn->residual":
-                    prop = _residual_proposal(d, out, body, k)
-                else:
-                    prop = d.with_settings(stride=2, k=k).propose(case.uld.array,
-                                                                   body_mask=body).image
-                curve = {float(w): _rmse((1 - w) * out + w * prop, case.nd, body) for w in WEIGHTS}
-                best = min(curve, key=curve.get)
-                row["variants"][f"{name} k={k}"] = {
-                    "alone": _rmse(prop, case.nd, body), "best_w": best,
-                    "blend_at_best_w": curve[best],
-                    "gain_over_cnn_pct": 100 * (1 - curve[best] / row["cnn"])}
+        row["variants"] = score_variants(dicts, case, out, row["cnn"])
         rows.append(row)
         print(json.dumps(row, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     names = list(rows[0]["variants"])
     lines = ["| case (ND own noise) | site series | input | CNN | " + " | ".join(names) + " |",
              "|---|---|---:|---:|" + "---:|" * len(names)]
-    for r in rows:
-        cells = [f"{r['variants'][n]['alone']:.1f} / {r['variants'][n]['blend_at_best_w']:.1f} "
-                 f"(w {r['variants'][n]['best_w']:.2f}, {r['variants'][n]['gain_over_cnn_pct']:+.1f} %)"
-                 for n in names]
-        lines.append(f"| {r['case']} ({r['nd_own_noise_hu']:.0f} HU) | {r['site']} | "
-                     f"{r['input']:.1f} | {r['cnn']:.1f} | " + " | ".join(cells) + " |")
-    (args.out / "results.md").write_text(
-        "# Dictionary idea 2 (issue 17): a site dictionary, body RMSE in HU at 2 % dose\n\n"
-        "Each variant: dictionary alone / best constant blend with the CNN (its weight w, its "
-        "gain over the CNN alone; w chosen on these slices: an upper bound).  Produced by "
-        "`python experiments/dictionary_site.py`.\n\n" + "\n".join(lines) + "\n")
-    print((args.out / "results.md").read_text())
+    lines += [f"| {r['case']} ({r['nd_own_noise_hu']:.0f} HU) | {r['site']} | {r['input']:.1f} | "
+              f"{r['cnn']:.1f} | " + " | ".join(cell(r["variants"][n]) for n in names) + " |"
+              for r in rows]
+    write_results(args.out, {"rows": rows},
+                  "Dictionary idea 2 (issue 17): a site dictionary, body RMSE in HU at 2 % dose",
+                  "dictionary_site.py", lines)
     return 0
 
 
