@@ -6,11 +6,12 @@ instruction sets, "Could not find cuda drivers", "failed call to cuInit: ... ERR
 absl::InitializeLog()".  Dask's scheduler and nanny log every worker they start and stop
 at INFO.  None of it is hybrid's, and a radiographer who reads "ERROR" stops.
 
-* :func:`quiet_tensorflow` (run by ``hybrid/cnn/__init__.py``, so before any module of
-  that package imports TensorFlow) sets ``TF_CPP_MIN_LOG_LEVEL=3`` (fatal only) and
-  lowers the ``tensorflow`` and ``absl`` Python loggers to errors.  The lines XLA prints
-  while TensorFlow loads ignore that level, so :mod:`hybrid.cnn._tf`, the one module
-  that imports TensorFlow and Keras, does so inside :func:`silenced_stderr`.
+* :func:`quiet_tensorflow` sets ``TF_CPP_MIN_LOG_LEVEL=3`` (fatal only; a value the
+  user set is kept) and lowers the ``tensorflow`` and ``absl`` Python loggers to errors.
+  :mod:`hybrid.cnn._tf`, the one module that imports TensorFlow and Keras, calls it
+  right before that import and nowhere else: importing hybrid changes no environment
+  variable until TensorFlow is actually loaded.  The lines XLA prints while TensorFlow
+  loads ignore that level, so the import runs inside :func:`silenced_stderr`.
 * :func:`quiet_loggers` lowers other libraries' loggers (``distributed`` in
   :mod:`hybrid.batch`, ``pynetdicom`` in :mod:`hybrid.serve`) to warnings.
 

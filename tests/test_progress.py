@@ -35,3 +35,20 @@ def test_after_zero_announces_at_once_and_disabled_is_silent():
     with working("hybrid: loading the models", stream=quiet, after=0, enabled=False):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_importing_hybrid_changes_no_environment_variable():
+    """Only loading TensorFlow (hybrid/cnn/_tf.py) sets TF_CPP_MIN_LOG_LEVEL; importing the
+    package, its CNN configuration or the CLI module does not touch os.environ."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",
+                                                             "HYBRID_VERBOSE")}
+    code = ("import os; before = dict(os.environ); import hybrid, hybrid.cnn, hybrid.cli; "
+            "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
+            "from hybrid.cnn import _tf; assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '3'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]

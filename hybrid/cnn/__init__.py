@@ -29,14 +29,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hybrid._logs import quiet_tensorflow as _quiet_tensorflow
-
-_quiet_tensorflow()  # before any module here imports TensorFlow (hybrid/_logs.py)
-
-from hybrid.cnn.config import CNNConfig  # noqa: E402
-from hybrid.cnn.multidose import MultiDoseSampler, NoiseSource, make_sources  # noqa: E402
-from hybrid.cnn.noise import NoiseEstimate, estimate_noise  # noqa: E402
-from hybrid.cnn.sampler import PatchSampler, TrainingPair, as_training_pairs, split_pairs  # noqa: E402
+from hybrid.cnn.config import CNNConfig
+from hybrid.cnn.multidose import MultiDoseSampler, NoiseSource, make_sources
+from hybrid.cnn.noise import NoiseEstimate, estimate_noise
+from hybrid.cnn.sampler import PatchSampler, TrainingPair, as_training_pairs, split_pairs
 
 _LAZY = {
     "build_model": "hybrid.cnn.models",
