@@ -69,13 +69,14 @@ def _png(rgb_or_gray: np.ndarray, *, vmin: float | None = None, vmax: float | No
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _source_rgb(maps: Any, z: int) -> np.ndarray:
-    """Input (red), dictionary (green), CNN (blue) shares of slice ``z``; black outside."""
-    w_in = np.broadcast_to(maps.input_weight[z], maps.body_mask[z].shape).astype(np.float32)
-    w_dict = np.asarray(maps.dictionary_weight[z], np.float32)
+def _source_rgb(input_weight: np.ndarray, dictionary_weight: np.ndarray,
+                body: np.ndarray) -> np.ndarray:
+    """Input (red), dictionary (green), CNN (blue) shares of one slice; black outside."""
+    w_in = np.broadcast_to(input_weight, body.shape).astype(np.float32)
+    w_dict = np.asarray(dictionary_weight, np.float32)
     w_cnn = np.clip(1.0 - w_in - w_dict, 0.0, 1.0)
     rgb = np.stack([w_in, w_dict, w_cnn], axis=-1)
-    rgb[~np.asarray(maps.body_mask[z], bool)] = 0.0
+    rgb[~body] = 0.0
     return rgb
 
 
@@ -142,15 +143,13 @@ def write_report(path: str | os.PathLike, source: Any, enhanced: Any, maps: Any,
                          f"{src.shape} and {out.shape}.")
     if src.ndim == 2:
         src, out = src[None], out[None]
-    body = np.asarray(maps.body_mask, bool).reshape(src.shape)
-    lung = np.asarray(maps.lung_mask, bool).reshape(src.shape)
     if src.ndim != 3:
         raise ValueError(f"Expected a 2-D slice or a 3-D volume; received shape {src.shape}.")
-
-    class _Maps3D:  # the maps with a slice axis also for a 2-D input
-        body_mask = body
-        input_weight = np.asarray(maps.input_weight, np.float32).reshape(src.shape)
-        dictionary_weight = np.asarray(maps.dictionary_weight, np.float32).reshape(src.shape)
+    # the maps with a slice axis, also for a 2-D input
+    body = np.asarray(maps.body_mask, bool).reshape(src.shape)
+    lung = np.asarray(maps.lung_mask, bool).reshape(src.shape)
+    w_in = np.asarray(maps.input_weight, np.float32).reshape(src.shape)
+    w_dict = np.asarray(maps.dictionary_weight, np.float32).reshape(src.shape)
 
     prov = getattr(source, "provenance", None)
     uid = getattr(prov, "series_uid", None)
@@ -183,7 +182,7 @@ def write_report(path: str | os.PathLike, source: Any, enhanced: Any, maps: Any,
             for name, img in (("input", src[z]), ("enhanced", out[z])):
                 figs.append((_png(img, vmin=win.low, vmax=win.high),
                              f"slice {z + 1} of {src.shape[0]}: {name}, {win} window"))
-        figs.append((_png(_source_rgb(_Maps3D, z)),
+        figs.append((_png(_source_rgb(w_in[z], w_dict[z], body[z])),
                      f"slice {z + 1}: source map (input / dictionary / CNN)"))
         parts.append("<div class=\"level\">" + "".join(
             f"<figure><img alt=\"{html.escape(cap)}\" src=\"{uri}\">"

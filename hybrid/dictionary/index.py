@@ -341,13 +341,15 @@ class DictionaryIndex:
             keys, int(self.config.cpu_graph), digest)
         return graph
 
+    def _wants_gpu(self) -> bool:
+        """Whether searches run on a GPU: asked for, or "auto" with one visible."""
+        return self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0)
+
     def will_build_graph(self) -> bool:
         """Whether the first CPU search builds the graph (single-threaded, tens of seconds
         for the shipped dictionary): a CPU search with ``cpu_graph`` set, exact keys
         stored, and no copy in the cache (:func:`graph_cache_dir`)."""
-        if self._search_index is not None or not self.config.cpu_graph:
-            return False
-        if self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0):
+        if self._search_index is not None or not self.config.cpu_graph or self._wants_gpu():
             return False
         if self._graph is not None or self.stored_keys() is None:
             return False
@@ -373,7 +375,7 @@ class DictionaryIndex:
 
         self._search_index = self.index
         self._space = "index" if _reports_reduced_distances(self.index) else "full"
-        want_gpu = self.device == "gpu" or (self.device == "auto" and _num_gpus() > 0)
+        want_gpu = self._wants_gpu()
         if not want_gpu and self.config.cpu_graph:
             graph = self._graph if self._graph is not None else self.cpu_graph()
             if graph is not None:
