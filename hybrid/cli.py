@@ -109,8 +109,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     with working("hybrid: reading the series", enabled=progress):
         vol = load(src, series_uid=args.series)
     # after=0: TensorFlow's import silences stderr for a few seconds (hybrid._logs)
-    with working("hybrid: loading the models (TensorFlow, CNN pair, patch dictionary)",
-                 enabled=progress, after=0):
+    models = "TensorFlow, CNN pair" + (", patch dictionary" if args.dictionary else "")
+    with working(f"hybrid: loading the models ({models})", enabled=progress, after=0):
         enhancer = Enhancer(cnn=args.cnn, dictionary=args.dictionary, blender=args.blender,
                             allow_uncalibrated=args.allow_uncalibrated)
     enhancer.prepare(progress=progress)  # one-off work, outside the timing below
@@ -146,7 +146,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid",
-        description="Ultra-low-dose chest CT restoration (CNN pair + FAISS patch dictionary).",
+        description="Ultra-low-dose chest CT restoration (CNN pair, calibrated blender, optional "
+                    "FAISS patch dictionary).",
     )
     parser.add_argument("--version", action="version", version=f"hybrid {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details, and the libraries' own start-up logs "
@@ -161,17 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(
-        "enhance", help="restore an ultra-low-dose CT series (CNN pair + patch dictionary)",
-        description="Enhance an ultra-low-dose chest CT: lung segmentation, the CNN pair and the "
-                    "patch dictionary propose normal-dose images, the calibrated blender joins "
-                    "them. Research software, no diagnostic claim.",
+        "enhance", help="restore an ultra-low-dose CT series (CNN pair + blender)",
+        description="Enhance an ultra-low-dose chest CT: lung segmentation, the CNN pair proposes "
+                    "a normal-dose image, the calibrated blender gives a cleaner input back mostly "
+                    "as it came (and, with --dictionary, joins the patch dictionary's proposal). "
+                    "Research software, no diagnostic claim.",
         epilog="The default output format follows OUTPUT's suffix (.nii/.nii.gz, .h5/.hdf5, "
                ".npy, .npz); an OUTPUT without one is a derived DICOM series (new series and "
                "instance UIDs, same study; a fresh study for non-DICOM input). The input is "
                "never overwritten, nor written into. "
                "Custom models (replace the shipped defaults in hybrid/assets): --cnn DIR "
-               "(CNNPair folder), --dictionary DIR (PatchDictionary folder), --blender FILE "
-               "(Blender JSON).")
+               "(CNNPair folder), --blender FILE (Blender JSON).")
     p.add_argument("input", type=Path, metavar="INPUT",
                    help="DICOM folder (or .dcm), .nii[.gz], .h5, .npy or .npz")
     p.add_argument("output", type=Path, metavar="OUTPUT",
@@ -180,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: from OUTPUT's suffix; none: DICOM)")
     p.add_argument("--series", metavar="UID", help="series to read when a folder holds several")
     p.add_argument("--maps", action="store_true",
-                   help="also write OUTPUT_maps.h5 beside the output: lung/body masks, CNN and "
-                        "dictionary proposals, distance, source map (dictionary weight)")
+                   help="also write OUTPUT_maps.h5 beside the output: lung/body masks, the CNN's "
+                        "proposal, noise ratio, the input's and dictionary's shares (with "
+                        "--dictionary also its proposal and distance)")
     p.add_argument("--report", type=Path, metavar="HTML",
                    help="also write a self-contained HTML page: before/after in the lung and "
                         "soft-tissue windows, source map, noise before/after, settings, "
@@ -192,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cnn", type=Path, metavar="DIR", help=argparse.SUPPRESS)
-    p.add_argument("--dictionary", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--dictionary", metavar="DIR|shipped",
+                   help="also join a patch dictionary: 'shipped' (hybrid/assets/dictionary) or a "
+                        "PatchDictionary folder. Off by default: on held-out patients it lowered "
+                        "the error by at most 0.9 %% for about 47 s more per 250 slices "
+                        "(docs/dictionary.md)")
     p.add_argument("--blender", type=Path, metavar="FILE", help=argparse.SUPPRESS)
     p.add_argument("--allow-uncalibrated", action="store_true",
                    help="run models the blender was not calibrated with (experiments only)")

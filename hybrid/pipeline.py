@@ -1,9 +1,8 @@
 """The end-to-end enhancement: ultra-low-dose CT in, normal-dose-like CT out.
 
-:class:`Enhancer` loads the CNN pair, the patch dictionary and the blender
-calibration once (default: the assets shipped in ``hybrid/assets/``) and
-enhances any number of volumes; :func:`enhance` uses a cached default
-Enhancer::
+:class:`Enhancer` loads the CNN pair and the blender calibration once (default: the
+assets shipped in ``hybrid/assets/``), and a patch dictionary when one is asked for, and
+enhances any number of volumes; :func:`enhance` uses a cached default Enhancer::
 
     import hybrid
     out = hybrid.enhance(hybrid.load("uld_series/"))          # Volume in, Volume out
@@ -16,14 +15,17 @@ Steps, for a volume of Z slices:
    3-D (connected components across slices, airway tracking), so it needs
    all slices at once; its temporaries are a few volume-sized arrays;
 2. slice batch by slice batch (``batch_slices``): the CNN pair's proposal
-   (lung model inside the lung mask, body model elsewhere), the dictionary's
-   proposal with its normalised nearest-neighbour distance ``delta`` (inf
-   outside the body), and the blender's join
-   ``w * dictionary + (1 - w) * cnn`` with the dictionary weight
-   ``w = blender.weight(delta)``.  The model activations, patches and search
-   results only ever exist for one batch, so the extra memory is bounded
-   whatever Z is.  Every step is per slice (the CNN and the dictionary
-   work in 2-D), so the result does not depend on ``batch_slices``.
+   (lung model inside the lung mask, body model elsewhere), then the blender's
+   rules in turn: with a patch dictionary (opt-in: ``dictionary="shipped"`` or a
+   folder), ``w * dictionary + (1 - w) * cnn`` with ``w = blender.weight(delta)`` from
+   its normalised nearest-neighbour distance ``delta``; then the input's share from
+   its noise ratio (a cleaner scan is given back mostly as it came).  The model
+   activations, patches and search results only ever exist for one batch, so the
+   extra memory is bounded whatever Z is.  Every step is per slice (the CNN and the
+   dictionary work in 2-D), so the result does not depend on ``batch_slices``.
+
+The dictionary is off by default: measured on the held-out patients it lowered the
+CNN's error by at most 0.9 % and cost about 47 s per 250 slices (docs/dictionary.md).
 
 The input is never modified.  Research software: no diagnostic claim.
 """
@@ -57,13 +59,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The smallest slice side (pixels) the segmentation and the dictionary's 7 x 7 patches take.
+MIN_SLICE_PIXELS = 7
+
+#: The name that asks :class:`Enhancer` for the shipped patch dictionary (``--dictionary shipped``).
+SHIPPED = "shipped"
+
 #: Dose fractions the shipped models were trained on (nominal 0.02, augmented
 #: log-uniformly over this range; see :mod:`hybrid.data`).
 TRAINED_DOSE_RANGE = (0.01, 0.10)
 
 def _missing_defaults(missing: list[Path]) -> FileNotFoundError:
     return FileNotFoundError(
-        f"Expected the default models in {default_assets_dir()} (cnn/, dictionary/, blend.json); "
+        f"Expected the default models in {default_assets_dir()} (cnn/, blend.json; dictionary/ "
+        f"for dictionary='shipped'); "
         f"missing: {', '.join(str(p) for p in missing)}. Run `make train dictionary` or pass "
         f"your own: Enhancer(cnn=..., dictionary=..., blender=...) "
         f"(CLI: --cnn DIR --dictionary DIR --blender FILE)."
@@ -80,16 +89,16 @@ class EnhanceMaps:
         Lungs (:func:`hybrid.lung.segment`) and body (:func:`hybrid.lung.body_mask`).
     cnn : ndarray of float32
         The CNN pair's proposal in HU ("CNN only").
-    dictionary : ndarray of float32
+    dictionary : ndarray of float32, or None
         The patch dictionary's proposal in HU ("dictionary only"; the input
-        outside the body).
-    distance : ndarray of float32
+        outside the body); None when the Enhancer has no dictionary (the default).
+    distance : ndarray of float32, or None
         The dictionary's normalised nearest-neighbour distance ``delta``
         (about 1 or below: as good a match as the noise allows; ``inf``
-        outside the body).
+        outside the body); None without a dictionary.
     dictionary_weight : ndarray of float32 in [0, 1]
         The source map: the dictionary's share of the result (1 =
-        dictionary, 0 = CNN or input).
+        dictionary, 0 = CNN or input; all 0 without a dictionary).
     noise_ratio : ndarray of float32
         Each slice's estimated noise over a normal-dose scan's of its noise
         texture (:func:`hybrid.cnn.noise.noise_ratio`), broadcast over the slice.
@@ -104,8 +113,8 @@ class EnhanceMaps:
     lung_mask: np.ndarray
     body_mask: np.ndarray
     cnn: np.ndarray
-    dictionary: np.ndarray
-    distance: np.ndarray
+    dictionary: np.ndarray | None
+    distance: np.ndarray | None
     dictionary_weight: np.ndarray
     noise_ratio: np.ndarray
     input_weight: np.ndarray
@@ -130,7 +139,7 @@ class EnhanceMaps:
 
         One dataset per map (``lung_mask``, ``body_mask`` uint8;
         ``cnn``, ``dictionary`` HU float32; ``distance`` float32 with ``inf``
-        outside the body; ``dictionary_weight``, ``input_weight`` float32 in
+        outside the body (these two only with a dictionary); ``dictionary_weight``, ``input_weight`` float32 in
         [0, 1]; ``noise_ratio`` float32) and file
         attributes ``format="hybrid-enhance-maps"``, ``version=1``,
         ``axes``, ``spacing`` (mm) and ``info`` (JSON).
@@ -145,8 +154,8 @@ class EnhanceMaps:
         units = {"cnn": "HU", "dictionary": "HU", "distance": "normalised NN distance",
                  "dictionary_weight": "share of the dictionary", "noise_ratio":
                  "noise over a normal-dose scan's", "input_weight": "share of the input"}
-        return write_arrays(path, {name: getattr(self, name) for name in self.ARRAYS},
-                            attrs=attrs, units={n: units.get(n, "mask") for n in self.ARRAYS},
+        arrays = {n: getattr(self, n) for n in self.ARRAYS if getattr(self, n) is not None}
+        return write_arrays(path, arrays, attrs=attrs, units={n: units.get(n, "mask") for n in arrays},
                             overwrite=overwrite)
 
 
@@ -201,16 +210,19 @@ class Enhancer:
     cnn : CNNPair, path or None
         The lung/body CNN pair (:class:`hybrid.cnn.infer.CNNPair`) or the
         folder it was saved to.  None: the shipped ``hybrid/assets/cnn``.
-    dictionary : PatchDictionary, path or None
+    dictionary : PatchDictionary, path, "shipped" or None
         The patch dictionary (:class:`hybrid.dictionary.PatchDictionary`) or
-        its folder.  None: the shipped ``hybrid/assets/dictionary``.
+        its folder; ``"shipped"``: the shipped ``hybrid/assets/dictionary``.
+        None (the default): no dictionary, the CNN pair and the input rule only
+        (the dictionary did not earn its cost on held-out patients: docs/dictionary.md).
     blender : Blender, path or None
         The calibrated blender (:class:`hybrid.blend.Blender`) or its JSON
         file.  None: the shipped ``hybrid/assets/blend.json``.
     stride : int or (int, int), keyword-only
         Dictionary query grid step in pixels, one for both axes or ``(y,
-        x)``; 1 = every pixel.  Default: the grid the blender was calibrated
-        on, ``(2, 3)`` for the shipped one (a sixth of the pixels queried).
+        x)``; 1 = every pixel; with a dictionary only.  Default: the grid the
+        blender was calibrated on, ``(2, 3)`` for the shipped one (a sixth of the
+        pixels queried).
         The square grid 2 queries 1.5x as many patches for 0.01-0.2 % lower
         held-out hybrid RMSE (docs/results.md, "Results on held-out patients").
     k : int, keyword-only
@@ -251,8 +263,9 @@ class Enhancer:
         self.batch_slices = int(batch_slices)
         self.k = int(k)
         defaults = default_asset_paths()
-        given = {"cnn": cnn, "dictionary": dictionary, "blender": blender}
-        missing = [defaults[n] for n, v in given.items() if v is None and not defaults[n].exists()]
+        wanted = {"cnn": cnn is None, "blender": blender is None,
+                  "dictionary": isinstance(dictionary, str) and dictionary == SHIPPED}
+        missing = [defaults[n] for n, w in wanted.items() if w and not defaults[n].exists()]
         if missing:  # all of them at once, before anything heavy is imported
             raise _missing_defaults(missing)
         self.sources: dict[str, str] = {}
@@ -260,17 +273,19 @@ class Enhancer:
         self.blender = self._load_blender(blender, defaults["blender"])
         self.dictionary = self._load_dictionary(dictionary, defaults["dictionary"])
         self.cnn = self._load_cnn(cnn, defaults["cnn"])
-        if stride is None:  # the grid the blender was calibrated on (a pair: a JSON list)
-            cal = self.blender.calibration if isinstance(self.blender.calibration, dict) else {}
-            stride = cal.get("stride", 2)
-            stride = tuple(stride) if isinstance(stride, list) else stride
-        from hybrid.patches import check_stride
+        self.stride: int | tuple[int, int] | None = None
+        if self.dictionary is not None:
+            if stride is None:  # the grid the blender was calibrated on (a pair: a JSON list)
+                cal = self.blender.calibration if isinstance(self.blender.calibration, dict) else {}
+                stride = cal.get("stride", 2)
+                stride = tuple(stride) if isinstance(stride, list) else stride
+            from hybrid.patches import check_stride
 
-        steps = check_stride(stride, patch_size=self.dictionary.patch_size)
-        self.stride: int | tuple[int, int] = steps[0] if steps[0] == steps[1] else steps
+            steps = check_stride(stride, patch_size=self.dictionary.patch_size)
+            self.stride = steps[0] if steps[0] == steps[1] else steps
+            self.dictionary = self.dictionary.with_settings(stride=self.stride, k=self.k)
         self._check_calibrated_with(allow_uncalibrated)
         self.cnn = self.cnn.with_settings(batch_size=self.batch_slices)
-        self.dictionary = self.dictionary.with_settings(stride=self.stride, k=self.k)
         self._last = threading.local()
 
     def _check_calibrated_with(self, allow: bool) -> None:
@@ -318,10 +333,12 @@ class Enhancer:
     def _load_dictionary(self, dictionary: Any, default: Path):
         from hybrid.dictionary import PatchDictionary
 
+        if dictionary is None:
+            return None
         if isinstance(dictionary, PatchDictionary):
             self.sources["dictionary"] = "<in memory>"
             return dictionary
-        if dictionary is None:
+        if isinstance(dictionary, str) and dictionary == SHIPPED:
             if not default.is_dir():
                 raise _missing_defaults([default])
             dictionary = default
@@ -365,9 +382,9 @@ class Enhancer:
 
     # ------------------------------------------------------------------ running
     def prepare(self, *, progress: bool = True) -> Enhancer:
-        """Do now the one-off work the first :meth:`enhance` would do: on a CPU without a
-        cached search graph, build the patch dictionary's (tens of seconds, once per machine;
-        a notice on stderr says so while it runs, ``progress``).  Returns self."""
+        """Do now the one-off work the first :meth:`enhance` would do: with a patch dictionary,
+        on a CPU without a cached search graph, build its graph (tens of seconds, once per
+        machine; a notice on stderr says so while it runs, ``progress``).  Returns self."""
         prepare = getattr(self.dictionary, "prepare", None)
         if prepare is not None:
             prepare(progress=progress)
@@ -436,7 +453,7 @@ class Enhancer:
         arr, two_d = as_stack(volume, name="the input")
         vol = volume if isinstance(volume, Volume) else None
         dose = _check_dose(dose_fraction)
-        ps = self.dictionary.patch_size
+        ps = self.dictionary.patch_size if self.dictionary is not None else MIN_SLICE_PIXELS
         if min(arr.shape[1:]) < ps:
             raise ValueError(
                 f"Expected slices of at least {ps} x {ps} pixels; received shape "
@@ -447,6 +464,7 @@ class Enhancer:
         from tqdm.auto import tqdm
 
         from hybrid.baselines import InputBaseline
+        from hybrid.blend import BlendResult
         from hybrid.cnn.noise import ratio_of, reading
         from hybrid.lung import body_mask, segment
 
@@ -471,15 +489,9 @@ class Enhancer:
             ratio = ratio_of(noise_est, kernel)
             input_reading = reading(noise_est, kernel)
             input_share = [0.0, 0]  # sum of the input's weight inside the body, pixels
+            with_dict = self.dictionary is not None
             if return_maps:
-                maps = {
-                    "cnn": np.empty(arr.shape, np.float32),
-                    "dictionary": np.empty(arr.shape, np.float32),
-                    "distance": np.empty(arr.shape, np.float32),
-                    "dictionary_weight": np.empty(arr.shape, np.float32),
-                    "noise_ratio": np.empty(arr.shape, np.float32),
-                    "input_weight": np.zeros(arr.shape, np.float32),
-                }
+                maps = _new_maps(arr.shape, with_dict)
             for start in range(0, nz, self.batch_slices):
                 s = slice(start, min(start + self.batch_slices, nz))
                 x = arr[s]
@@ -487,18 +499,21 @@ class Enhancer:
                 bar.set_description("hybrid.enhance: CNN pair")
                 cnn_p = self.cnn.propose(x, lung_mask=lung[s], body_mask=body[s])
                 stages["cnn"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                bar.set_description("hybrid.enhance: patch dictionary")
-                dict_p = self.dictionary.propose(x, body_mask=body[s])
-                stages["dictionary"] += time.perf_counter() - clock
+                cands = []
+                if with_dict:
+                    clock = time.perf_counter()
+                    bar.set_description("hybrid.enhance: patch dictionary")
+                    dict_p = self.dictionary.propose(x, body_mask=body[s])
+                    stages["dictionary"] += time.perf_counter() - clock
+                    cands.append(dict_p)
                 clock = time.perf_counter()
                 bar.set_description("hybrid.enhance: blend")
-                cands = [dict_p]
                 if keep_input or return_maps:
                     input_p = InputBaseline.with_ratio(x, ratio[s])
                     if keep_input:
                         cands.append(input_p)
-                res = self.blender.blend(cnn_p, *cands)
+                res = (self.blender.blend(cnn_p, *cands) if cands
+                       else BlendResult(np.asarray(cnn_p.image, np.float32), {}))
                 out[s] = res.image
                 if keep_input:
                     w = np.broadcast_to(res.weights["input"], x.shape)[body[s]]
@@ -507,9 +522,10 @@ class Enhancer:
                 stages["blend"] += time.perf_counter() - clock
                 if return_maps:
                     maps["cnn"][s] = cnn_p.image
-                    maps["dictionary"][s] = dict_p.image
-                    maps["distance"][s] = dict_p.uncertainty
-                    maps["dictionary_weight"][s] = res.weights["dictionary"]
+                    if with_dict:
+                        maps["dictionary"][s] = dict_p.image
+                        maps["distance"][s] = dict_p.uncertainty
+                        maps["dictionary_weight"][s] = res.weights["dictionary"]
                     maps["noise_ratio"][s] = input_p.uncertainty
                     if keep_input:
                         maps["input_weight"][s] = res.weights["input"]
@@ -534,15 +550,22 @@ class Enhancer:
             result = out[0] if two_d else out
         if not return_maps:
             return result
-        sq = (lambda a: a[0]) if two_d else (lambda a: a)
-        em = EnhanceMaps(
-            lung_mask=sq(lung), body_mask=sq(body),
-            cnn=sq(maps["cnn"]), dictionary=sq(maps["dictionary"]),
-            distance=sq(maps["distance"]), dictionary_weight=sq(maps["dictionary_weight"]),
-            noise_ratio=sq(maps["noise_ratio"]), input_weight=sq(maps["input_weight"]),
-            info=info,
-        )
-        return result, em
+        sq = (lambda a: a if a is None else a[0]) if two_d else (lambda a: a)
+        maps.update(lung_mask=lung, body_mask=body)
+        return result, EnhanceMaps(**{k: sq(v) for k, v in maps.items()}, info=info)
+
+
+def _new_maps(shape: tuple[int, ...], with_dict: bool) -> dict[str, np.ndarray | None]:
+    """The per-pixel maps :meth:`Enhancer.enhance` fills, batch by batch (no dictionary's
+    without one)."""
+    return {
+        "cnn": np.empty(shape, np.float32),
+        "dictionary": np.empty(shape, np.float32) if with_dict else None,
+        "distance": np.empty(shape, np.float32) if with_dict else None,
+        "dictionary_weight": np.zeros(shape, np.float32),
+        "noise_ratio": np.empty(shape, np.float32),
+        "input_weight": np.zeros(shape, np.float32),
+    }
 
 
 _DEFAULT: Enhancer | None = None

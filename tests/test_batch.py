@@ -171,6 +171,27 @@ def test_batch_equals_enhance_one_by_one_and_resumes(cluster, assets, series, re
     assert len(_manifest(out)) == 3 and _outputs(out) == ["a.h5", "b.nii.gz", "c_dicom"]
 
 
+def test_batch_without_a_dictionary_equals_enhance_and_has_its_own_config(
+        cluster, assets, series, tmp_path):
+    """The default path (no dictionary, issue 17) on the workers: the same images as
+    Enhancer(cnn, None, blender) here; and a batch run with a dictionary is another
+    configuration (its outputs are not taken for this one's)."""
+    from hybrid.batch.manifest import config_key
+
+    no_dict = {"cnn": assets["cnn"], "blender": assets["blender"]}
+    out = tmp_path / "out"
+    s = run_batch(series[:1], out, scheduler=cluster.scheduler_address, progress=False, **no_dict)
+    assert (s.done, s.failed) == (1, 0)
+    enh = hybrid.Enhancer(cnn=assets["cnn"], blender=assets["blender"])
+    assert enh.dictionary is None
+    expected = enh.enhance(hybrid.load(series[0]), progress=False).array
+    _assert_same_image(hybrid.load(out / Path(series[0]).name).array, expected)
+    paths = {k: str(v) for k, v in assets.items()}
+    keys = {config_key({**paths, "dictionary": d}, {}, None)
+            for d in (None, paths["dictionary"], "shipped")}
+    assert len(keys) == 3
+
+
 def test_corrupt_series_is_reported_and_the_others_finish(cluster, assets, series, reference,
                                                           tmp_path, capsys):
     bad = tmp_path / "in" / "broken.h5"

@@ -42,7 +42,7 @@ def add_cli(sub: Any) -> None:
                "done, 1 some failed (listed, and in the manifest), 2 bad input. Cluster: run "
                "`dask scheduler` on one machine and `dask worker tcp://HOST:8786 --nworkers N "
                "--nthreads 1` on each, then pass --scheduler tcp://HOST:8786 (all must see the "
-               "same file paths). Custom models: --cnn DIR, --dictionary DIR, --blender FILE.")
+               "same file paths). Custom models: --cnn DIR, --blender FILE.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="a series (DICOM folder, .nii[.gz], .h5, .npz, .npy) or a folder of them")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -62,6 +62,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cnn", type=Path, metavar="DIR", help=argparse.SUPPRESS)
-    p.add_argument("--dictionary", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--dictionary", metavar="DIR|shipped",
+                   help="also join a patch dictionary: 'shipped' or a PatchDictionary folder "
+                        "(off by default; docs/dictionary.md)")
     p.add_argument("--blender", type=Path, metavar="FILE", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_batch)

@@ -84,7 +84,11 @@ def config_key(assets: dict[str, str | None], options: dict[str, Any],
     defaults = default_asset_paths()
     parts: dict[str, Any] = {"version": __version__, "options": options, "dose": dose_fraction}
     for name in ("cnn", "dictionary", "blender"):
-        path = Path(assets[name]) if assets.get(name) else defaults[name]
+        value = assets.get(name)
+        if name == "dictionary" and not value:  # no dictionary (the default)
+            parts[name] = None
+            continue
+        path = defaults[name] if not value or str(value) == "shipped" else Path(value)
         parts[name] = [str(path), stat_digest(path)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -211,7 +211,7 @@ def run_batch(
                          f"workers={workers}, threads_per_worker={threads_per_worker}.")
     assets = {"cnn": cnn, "dictionary": dictionary, "blender": blender}
     for name, value in assets.items():
-        if value is not None:
+        if value is not None and not (name == "dictionary" and str(value) == "shipped"):
             path = Path(value).resolve()
             if not path.exists():
                 raise FileNotFoundError(f"Expected the {name} model at {path}; it does not exist.")

@@ -58,7 +58,8 @@ def load_enhancer(assets: dict[str, str | None], options: dict[str, Any], thread
     limit_threads(threads)
     enhancer = Enhancer(cnn=assets.get("cnn"), dictionary=assets.get("dictionary"),
                                blender=assets.get("blender"), **options)
-    enhancer.dictionary.n_threads = int(threads)
+    if enhancer.dictionary is not None:
+        enhancer.dictionary.n_threads = int(threads)
     # a first-time search graph is built now, under the start-up notice, not in a task
     return enhancer.prepare(progress=False)
 

@@ -237,7 +237,9 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
         nd, lung, body = case.nd[idx], case.lung_mask[idx], case.body_mask[idx]
         imgs = {"input": uld}
         imgs.update(_baseline_images(uld, body, {k: v for k, v in tuned.items() if k != "input"}, {}))
-        imgs.update({"cnn": maps.cnn[idx], "dictionary": maps.dictionary[idx], "hybrid": enh.array[idx]})
+        imgs.update({"cnn": maps.cnn[idx], "hybrid": enh.array[idx]})
+        if maps.dictionary is not None:  # an Enhancer with a dictionary
+            imgs["dictionary"] = maps.dictionary[idx]
         rows += _long_rows(score_methods(imgs, nd, lung, body), kind=kind, patient=test_patient,
                            case=cid, kernel=case.meta.get("kernel"))
         info.setdefault("tuning", {})[cid] = {"cases": list(tune_ids), "slices": tune_cache[key]["slices"],

@@ -127,7 +127,7 @@ def compare_on_heldout(
             idx = central_slices(n, slices if isinstance(slices, int) else n_eval_slices)
         t0 = time.perf_counter()
         enh, maps = enhancer.enhance(case.uld, return_maps=True, progress=False)
-        timings.setdefault("hybrid (cnn+dictionary+blend)", []).append((time.perf_counter() - t0) / n)
+        timings.setdefault("hybrid", []).append((time.perf_counter() - t0) / n)
         uld = case.uld.array[idx]
         nd, lung, body = case.nd[idx], case.lung_mask[idx], case.body_mask[idx]
         tuned = tuning["+".join(plan[cid])]["baselines"]
@@ -136,7 +136,9 @@ def compare_on_heldout(
         imgs.update(_baseline_images(uld, body, {k: v for k, v in tuned.items() if k != "input"}, t_b))
         for k, v in t_b.items():
             timings.setdefault(k, []).append(v)
-        imgs.update({"cnn": maps.cnn[idx], "dictionary": maps.dictionary[idx], "hybrid": enh.array[idx]})
+        imgs.update({"cnn": maps.cnn[idx], "hybrid": enh.array[idx]})
+        if maps.dictionary is not None:  # an Enhancer with a dictionary
+            imgs["dictionary"] = maps.dictionary[idx]
         scored = score_methods(imgs, nd, lung, body)
         cases[cid] = {
             "patient": case.patient_id, "kind": case.kind, "kernel": case.meta.get("kernel"),
