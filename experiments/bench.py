@@ -1,6 +1,7 @@
 """``make bench``: speed and memory of the whole hybrid on this machine (a benchmark, never a test).
 
-What it measures (issue #8), on a realistic 512×512 chest volume: the real
+What it measures (issue #8; the default path since issue 17: the CNN pair and the blender,
+no dictionary), on a realistic 512×512 chest volume: the real
 A0001 series (kernel B, 64 slices of ../shared/data/ct) with a simulated 2 %
 dose, repeated back and forth along z (64 → 250 slices, mirrored so the
 anatomy stays continuous) where that series exists, a phantom patient
@@ -12,10 +13,12 @@ resident memory is that size's own):
   ``Enhancer.last_info``), ``write`` (``hybrid.save`` as a derived DICOM
   series); the hybrid itself = segment + cnn + dictionary + blend;
 - slices/s, peak RSS, model loading time, and the hybrid's body RMSE (HU)
-  against the normal-dose image at those settings.
+  against the normal-dose image at those settings;
+- the same at the largest size with the opt-in dictionary (``--dictionary shipped``), in
+  its own fresh process: what turning it on costs.
 
 Reference points timed in the same run (the machine is shared: read ratios,
-not absolute times): exact (flat) FAISS search and the stored IVF index
+not absolute times), on the opt-in dictionary: exact (flat) FAISS search and the stored IVF index
 against the shipped search on the same query keys (recall@1, L2 excess);
 building the CPU search graph from scratch; BM3D (tuned σ) on one slice; the
 unhurried settings (dictionary query stride 1, nprobe 16), the previous
@@ -91,8 +94,9 @@ def _tile(arr: np.ndarray, n: int) -> np.ndarray:
     return arr[np.asarray(idx)]
 
 
-def _child(n: int, cache: Path) -> dict:
-    """One size in this process: load, enhance, write; stage times, RSS, RMSE."""
+def _child(n: int, cache: Path, dictionary: bool = False) -> dict:
+    """One size in this process: load, enhance, write; stage times, RSS, RMSE (with the
+    opt-in shipped dictionary when ``dictionary``)."""
     import hybrid
     from hybrid.lung import body_mask
     from hybrid.metrics import rmse
@@ -110,7 +114,7 @@ def _child(n: int, cache: Path) -> dict:
         vol = hybrid.load(series)
         t_load = time.perf_counter() - t
         t = time.perf_counter()
-        enh = Enhancer()
+        enh = Enhancer(dictionary="shipped" if dictionary else None).prepare(progress=False)
         t_models = time.perf_counter() - t
         enh.enhance(vol.array[:2], progress=False)  # warm-up: graph tracing, index to memory
         t = time.perf_counter()
@@ -124,14 +128,17 @@ def _child(n: int, cache: Path) -> dict:
     queried = body_mask(vol.array, spacing=vol.spacing)  # what the pipeline restores
     return {
         "body_pixels": int(queried.sum()),
-        "dictionary_body_patches_per_s": float(queried.sum() / stages["dictionary"]),
+        "dictionary": bool(dictionary),
+        "dictionary_body_patches_per_s": (float(queried.sum() / stages["dictionary"])
+                                          if dictionary else None),
         "slices": n,
         "load_s": t_load, **{f"{k}_s": v for k, v in stages.items()}, "write_s": t_write,
         "hybrid_s": t_enh, "slices_per_s": n / t_enh, "model_load_s": t_models,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rmse_body_hu": float(rmse(out.array, nd, mask=body)),
         "rmse_input_hu": float(rmse(vol.array, nd, mask=body)),
-        "stride": enh.stride, "search_params": enh.dictionary.meta.get("search_params"),
+        "stride": enh.stride,
+        "search_params": enh.dictionary.meta.get("search_params") if dictionary else None,
     }
 
 
@@ -150,7 +157,7 @@ def _references(cache: Path, n: int = 16) -> dict:
     uld, nd = base["uld"][mid - n // 2: mid + n // 2], base["nd"][mid - n // 2: mid + n // 2]
     sp = tuple(base["spacing"])
     body = body_mask(uld, spacing=sp)
-    enh = Enhancer()
+    enh = Enhancer(dictionary="shipped")
     ref: dict = {"what": str(base["what"]),
                  "simulate_low_dose_s_per_slice": float(base["simulate_s_per_slice"])}
 
@@ -245,9 +252,11 @@ def _markdown(res: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        what = f"{r['slices']} with `--dictionary shipped`" if r["dictionary"] else str(r["slices"])
+        dic = f"{r['dictionary_s']:.1f} s" if r["dictionary"] else "–"
         lines.append(
-            f"| {r['slices']} | {r['load_s']:.1f} s | {r['segment_s']:.1f} s | {r['cnn_s']:.1f} s | "
-            f"{r['dictionary_s']:.1f} s | {r['blend_s']:.1f} s | **{r['hybrid_s']:.1f} s** | "
+            f"| {what} | {r['load_s']:.1f} s | {r['segment_s']:.1f} s | {r['cnn_s']:.1f} s | "
+            f"{dic} | {r['blend_s']:.1f} s | **{r['hybrid_s']:.1f} s** | "
             f"{r['write_s']:.1f} s | {r['slices_per_s']:.2f} | {r['peak_rss_mib'] / 1024:.2f} GiB | "
             f"{r['rmse_body_hu']:.1f} HU ({r['rmse_input_hu']:.1f}) |")
     ref = res["references"]
@@ -281,11 +290,13 @@ def _markdown(res: dict) -> str:
     if ref.get("bm3d_s_per_slice"):
         lines.append(f"| BM3D, one slice vs the hybrid per slice | {ref['bm3d_s_per_slice']:.1f} s vs "
                      f"{sh['s_per_slice']:.3f} s | {ref['bm3d_s_per_slice'] / sh['s_per_slice']:.0f}× |")
-    big = max(rows, key=lambda r: r["slices"])
-    lines.append(f"| dictionary stage at {big['slices']} slices: body pixel-centred patches/s "
-                 f"({big['body_pixels'] / big['slices'] / 1e3:.0f} k body pixels a slice, query grid "
-                 f"{big['stride']}) | {big['dictionary_body_patches_per_s'] / 1e6:.2f} M/s, "
-                 f"{big['dictionary_s'] / big['slices']:.3f} s/slice | |")
+    big = max((r for r in rows if r["dictionary"]), key=lambda r: r["slices"], default=None)
+    if big is not None:
+        lines.append(f"| dictionary stage at {big['slices']} slices: body pixel-centred patches/s "
+                     f"({big['body_pixels'] / big['slices'] / 1e3:.0f} k body pixels a slice, query "
+                     f"grid {big['stride']}) | {big['dictionary_body_patches_per_s'] / 1e6:.2f} M/s, "
+                     f"{big['dictionary_s'] / big['slices']:.3f} s/slice | |")
+    big = max((r for r in rows if not r["dictionary"]), key=lambda r: r["slices"])
     orig = sum(ORIGINAL_S.values()) * big["slices"] / 250
     lines.append(f"| original MATLAB system (article: CNN 20 min + dictionary 2 h per ~250 slices) | "
                  f"{orig / 60:.0f} min vs {big['hybrid_s']:.0f} s | {orig / big['hybrid_s']:.0f}× |")
@@ -296,21 +307,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 250])
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child-dictionary", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-dictionary-run", action="store_true",
+                   help="skip the run with the opt-in dictionary at the largest size")
     p.add_argument("--cache", type=Path, default=REPO / "out" / "bench")
     args = p.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(_child(args.child, args.cache)))
+        print(json.dumps(_child(args.child, args.cache, args.child_dictionary)))
         return
     _base_case(args.cache)
     rows = []
-    for n in args.sizes:  # a fresh process per size: its own peak RSS
-        r = subprocess.run([sys.executable, __file__, "--child", str(n), "--cache", str(args.cache)],
+    runs = [(n, False) for n in args.sizes]
+    if not args.no_dictionary_run:
+        runs.append((max(args.sizes), True))
+    for n, dictionary in runs:  # a fresh process per size: its own peak RSS
+        r = subprocess.run([sys.executable, __file__, "--child", str(n), "--cache", str(args.cache)]
+                           + (["--child-dictionary"] if dictionary else []),
                            capture_output=True, text=True, check=False)
         if r.returncode:
             sys.exit(f"bench for {n} slices failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(f"{n} slices: hybrid {rows[-1]['hybrid_s']:.1f} s", flush=True)
+        print(f"{n} slices{' with the dictionary' if dictionary else ''}: hybrid "
+              f"{rows[-1]['hybrid_s']:.1f} s", flush=True)
     res = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
@@ -319,8 +338,9 @@ def main() -> None:
         "sizes": rows,
         "references": _references(args.cache),
     }
-    if len(rows) > 1:  # linear growth: seconds per slice at each size
-        res["s_per_slice_by_size"] = {r["slices"]: r["hybrid_s"] / r["slices"] for r in rows}
+    plain = [r for r in rows if not r["dictionary"]]
+    if len(plain) > 1:  # linear growth: seconds per slice at each size
+        res["s_per_slice_by_size"] = {r["slices"]: r["hybrid_s"] / r["slices"] for r in plain}
     res["markdown"] = _markdown(res)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=2) + "\n")
