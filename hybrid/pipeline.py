@@ -25,7 +25,7 @@ Steps, for a volume of Z slices:
    dictionary work in 2-D), so the result does not depend on ``batch_slices``.
 
 The dictionary is off by default: measured on the held-out patients it lowered the
-CNN's error by at most 0.9 % and cost about 47 s per 250 slices (docs/dictionary.md).
+hybrid's error by at most 0.12 % and cost about 47 s per 250 slices (docs/dictionary.md).
 
 The input is never modified.  Research software: no diagnostic claim.
 """

@@ -42,6 +42,9 @@ class Provenance:
         positions, orientation, rescale, bits.  Empty for non-DICOM sources.
     derived_from : tuple of str
         Processing steps applied since the source (e.g. ``"hybrid.enhance 0.1.0"``).
+    transfer_syntax : str or None
+        TransferSyntaxUID of the source's DICOM files (a derived series is written in it,
+        or in its lossless sibling, unless told otherwise: :mod:`hybrid.io.transfer`).
     """
 
     source: str | None = None
@@ -51,6 +54,7 @@ class Provenance:
     description: str | None = None
     slice_headers: tuple[dict[str, Any], ...] = ()
     derived_from: tuple[str, ...] = ()
+    transfer_syntax: str | None = None
 
 
 def as_hu_array(array: Any, *, name: str = "array") -> np.ndarray:

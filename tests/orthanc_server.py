@@ -141,8 +141,15 @@ def c_store(files, *, port: int, called: str, calling: str = "SCANNER",
 
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for cx in (CTImageStorage, MRImageStorage):
-        ae.add_requested_context(cx, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    files = list(files)
+    own = {str(f.file_meta.TransferSyntaxUID) if isinstance(f, pydicom.Dataset)
+           else str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+           for f in files}  # each file in its own syntax (JPEG Lossless, ...) as a PACS would
+    plain = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    for cx in (CTImageStorage, MRImageStorage):  # one context per syntax of their own
+        for ts in sorted(own - set(plain)):
+            ae.add_requested_context(cx, ts)
+        ae.add_requested_context(cx, plain)
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         raise ConnectionRefusedError(

@@ -245,7 +245,7 @@ def test_listener_refuses_unknown_ae_non_ct_and_truncated(tmp_path, serve_log):
     assert "refused association from AE 'INTRUDER'" in text and "not in the allow-list" in text
     assert "called AE title is not HYBRID" in text
     assert "modality MR, expected CT; status 0xA900" in text
-    assert "is not CT Image Storage; status 0x0122" in text
+    assert "is not one of CT Image Storage, Enhanced CT Image Storage, Legacy Converted Enhanced CT Image Storage; status 0x0122" in text
     assert "pixel data truncated" in text and "status 0xC000" in text
     no_identifiers(text)
 
@@ -293,6 +293,85 @@ def test_pacs_driven_end_to_end(orthanc, tmp_path, serve_log, method):
 
 
 @needs_orthanc
+class Unchanged:
+    """An enhancer that gives the volume back (what is tested is the node, not the models)."""
+
+    def enhance(self, vol, **k):
+        return vol.with_array(vol.array, step="test: unchanged")
+
+
+def _fake_delivery(node, sent: list, monkeypatch, *, slow_cleanup: float = 0.0):
+    """Deliver to a list instead of a PACS; optionally a slow spool clean-up."""
+    import time
+
+    def send(files):  # what a PACS would receive: each file's transfer syntax
+        sent.append([str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                     for f in files])
+
+    monkeypatch.setattr(node, "_send", send)
+    discard = node.spool.discard_files
+
+    def slow(uid):
+        time.sleep(slow_cleanup)
+        discard(uid)
+
+    monkeypatch.setattr(node.spool, "discard_files", slow)
+
+
+def test_done_is_reported_only_once_the_spool_is_cleaned(tmp_path, monkeypatch):
+    """The flaky test_listener_end_to_end (issue 19): "done" was written before the spooled
+    files were removed, so a reader could see it with the inbound folder still there.  With
+    a clean-up made 0.5 s slow, status() must still never say "done" while it exists."""
+    src = make_uld_series(tmp_path / "uld", seed=21, shape=(2, 64, 64))
+    _, series, _ = uids(src)
+    cfg = config(tmp_path, "listener",
+                 listener={"port": 0, "allowed_calling_aets": ["SCANNER"], "quiet_seconds": 0.2},
+                 destination={"method": "cstore", "port": free_port()})
+    sent: list = []
+    with Node(cfg, enhancer=Unchanged()) as node:
+        _fake_delivery(node, sent, monkeypatch, slow_cleanup=0.5)
+        assert c_store(sorted(src.glob("*.dcm")), port=node.listener_port, called="HYBRID") == [0, 0]
+        seen = []
+
+        def done():
+            st = node.status(series) or {}
+            seen.append((st.get("status"), node.spool.inbound_dir(series).exists()))
+            return st.get("status") == "done"
+
+        wait_for(done, timeout=60, interval=0.01, what="the series to be delivered")
+        assert not node.spool.inbound_dir(series).exists()
+        assert not node.spool.outbound_dir(series).exists()
+    assert ("done", True) not in seen and len(sent) == 1
+
+
+def test_listener_takes_jpeg_lossless_and_ct_without_modality(tmp_path, monkeypatch):
+    """A PACS that stores CT as JPEG Lossless sends it so; an anonymiser strips Modality:
+    both are accepted (status 0), enhanced, and the derived series keeps the source's
+    syntax (JPEG Lossless; uncompressed for the other)."""
+    from tests.conftest import real_series
+    from tests.dicom_fixtures import reencode, without_modality
+
+    src = real_series("dcmqi-ct-3slice")
+    jl = reencode(src, tmp_path / "jl", "1.2.840.10008.1.2.4.70")
+    nomod = without_modality(src, tmp_path / "nomod")
+    for f in nomod.iterdir():  # another series of the same study
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(f, enforce_file_format=True)
+    cfg = config(tmp_path, "listener",
+                 listener={"port": 0, "allowed_calling_aets": ["SCANNER"], "quiet_seconds": 0.3},
+                 destination={"method": "cstore", "port": free_port()})
+    sent: list = []
+    with Node(cfg, enhancer=Unchanged()) as node:
+        _fake_delivery(node, sent, monkeypatch)
+        assert c_store(sorted(jl.iterdir()), port=node.listener_port, called="HYBRID") == [0] * 3
+        assert c_store(sorted(nomod.iterdir()), port=node.listener_port, called="HYBRID") == [0] * 3
+        wait_for(lambda: len(sent) == 2, timeout=120, what="both series delivered")
+    assert sorted(sent) == [["1.2.840.10008.1.2"] * 3, ["1.2.840.10008.1.2.4.70"] * 3]
+
+
 @pytest.mark.slow
 def test_listener_end_to_end(orthanc, tmp_path, serve_log):
     src = make_uld_series(tmp_path / "uld", seed=13)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.batch.plan import OUTPUT_FORMATS
+from hybrid.io.transfer import TRANSFER_CHOICES
 
 __all__ = ["add_cli"]
 
@@ -19,7 +20,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     summary = run_batch(
         args.inputs, args.out, scheduler=args.scheduler, workers=args.workers,
-        threads_per_worker=args.threads_per_worker, format=args.format, cnn=args.cnn,
+        threads_per_worker=args.threads_per_worker, format=args.format,
+        transfer_syntax=args.transfer_syntax, cnn=args.cnn,
         dictionary=args.dictionary, blender=args.blender, dose_fraction=args.dose_fraction,
         progress=not args.no_progress, report=args.report)
     if args.json:
@@ -55,6 +57,9 @@ def add_cli(sub: Any) -> None:
                    help="compute threads of each worker (TensorFlow, FAISS, BLAS; default 1)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default="same",
                    help="output format (default: the input's; .npy input gives HDF5)")
+    p.add_argument("--transfer-syntax", choices=TRANSFER_CHOICES, default="source",
+                   help="DICOM outputs' transfer syntax (lossless): 'source' (default) keeps "
+                        "each input's")
     p.add_argument("--dose-fraction", type=float, metavar="F",
                    help="the scans' dose relative to normal dose; recorded, informational")
     p.add_argument("--report", action="store_true",

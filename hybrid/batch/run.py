@@ -149,6 +149,7 @@ def run_batch(
     workers: int | None = None,
     threads_per_worker: int = 1,
     format: str = "same",
+    transfer_syntax: str = "source",
     cnn: str | os.PathLike | None = None,
     dictionary: str | os.PathLike | None = None,
     blender: str | os.PathLike | None = None,
@@ -178,6 +179,9 @@ def run_batch(
         worker runs one series at a time.
     format : {"same", "dicom", "nifti", "hdf5", "npz"}
         Output format; "same" keeps the input's (a .npy input gives HDF5).
+    transfer_syntax : str
+        DICOM outputs' transfer syntax (:func:`hybrid.io.dicom.write_series`): "source"
+        keeps each input's; part of the configuration (a change redoes the series).
     cnn, dictionary, blender : path, optional
         Other models than the shipped ones (as ``hybrid.Enhancer`` takes them);
         the paths must be readable by the workers.
@@ -230,7 +234,10 @@ def run_batch(
         jobs = plan_series(inputs, out_dir, format)
     out_path = Path(out_dir).resolve()
     out_path.mkdir(parents=True, exist_ok=True)
-    config = config_key(assets, options, dose_fraction)
+    from hybrid.io.transfer import syntax_for_writing
+
+    syntax_for_writing(transfer_syntax, None)  # a bad name fails here, not in every task
+    config = config_key(assets, {**options, "transfer_syntax": transfer_syntax}, dose_fraction)
 
     with locked(out_path):
         manifest = Manifest(out_path / MANIFEST_NAME)
@@ -240,6 +247,7 @@ def run_batch(
             job["input_fingerprint"] = stat_digest(Path(job["source"]))
             job["config"] = config
             job["hybrid_version"] = __version__
+            job["transfer_syntax"] = transfer_syntax
             job["report"] = str(report_path(out_path, Path(job["output"]))) if report else None
             if is_done(manifest.get(job["source"]), job, job["input_fingerprint"], config) and (
                     not report or Path(job["report"]).is_file()):

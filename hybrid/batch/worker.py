@@ -172,7 +172,9 @@ def enhance_series(job: dict[str, Any], key: str, assets: dict[str, str | None],
         rec["noise_after_hu"] = _noise(out.array, body)
         rec["input"] = dict(enhancer.last_info["input"])  # what it looked like, what was done
         fmt = job["format"]
-        saved = save(out, job["output"], format=fmt, overwrite=True, **save_options(out, fmt))
+        extra = {"transfer_syntax": job.get("transfer_syntax", "source")} if fmt == "dicom" else {}
+        saved = save(out, job["output"], format=fmt, overwrite=True, **save_options(out, fmt),
+                     **extra)
         t4 = time.perf_counter()
         if fmt == "dicom":
             rec["output_series_uid"] = saved.series_uid

@@ -107,8 +107,8 @@ def save(
         never overwritten.
     **options
         Passed to the writer (DICOM: ``description``, ``derivation``,
-        ``series_number``; :func:`hybrid.io.save_options` makes those of an
-        enhanced volume).
+        ``series_number``, ``transfer_syntax``; :func:`hybrid.io.save_options` makes
+        those of an enhanced volume).
 
     Returns
     -------

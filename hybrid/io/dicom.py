@@ -30,7 +30,9 @@ from hybrid.io.derivation import (
     series_description,
     software_versions,
 )
+from hybrid.io.frames import CT_SOP_CLASSES, decoded, frame_pixels, frames_of, is_ct, is_multi_frame
 from hybrid.io.saved import Saved
+from hybrid.io.transfer import decoder_advice
 from hybrid.volume import Provenance, Volume
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ def list_series(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             {
                 "description": str(ds.get("SeriesDescription", "")),
                 "modality": str(ds.get("Modality", "")),
+                "sop_class": str(ds.get("SOPClassUID", "")),
                 "files": [],
             },
         )
@@ -182,10 +185,13 @@ def read_series(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         )
     entry = series[series_uid]
     files: list[Path] = entry["files"]
-    if entry["modality"] != "CT":
+    if not is_ct(entry["modality"], entry["sop_class"]):
+        found = f"modality '{entry['modality']}'" if entry["modality"] else "no Modality"
         raise ValueError(
-            f"Expected a CT series; received modality '{entry['modality']}' in {len(files)} "
-            f"file(s) under {path}. hybrid enhances CT only."
+            f"Expected a CT series (Modality CT, or a CT SOP class: "
+            f"{', '.join(CT_SOP_CLASSES.values())}); received {found} and SOP class "
+            f"{_sop_name(entry['sop_class'])} in {len(files)} file(s) under {path}. "
+            "hybrid enhances CT only."
         )
 
     datasets = []
@@ -195,23 +201,29 @@ def read_series(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         except Exception as exc:  # truncated headers
             raise ValueError(f"Expected a readable DICOM file; {f} failed to read: {exc}") from exc
 
-    # Geometry: sort along the slice normal.
-    missing = [f.name for f, ds in zip(files, datasets) if "ImagePositionPatient" not in ds]
+    # Geometry: every frame (a classic slice, or one frame of an Enhanced CT), sorted along
+    # the slice normal, checked before any pixel is decoded.
+    missing = [f.name for f, ds in zip(files, datasets)
+               if "ImagePositionPatient" not in ds and not is_multi_frame(ds)]
     if missing:
         raise ValueError(
             f"Expected ImagePositionPatient in every slice; missing in {len(missing)} file(s) "
             f"under {path} (e.g. {', '.join(missing[:3])}). The series cannot be stacked."
         )
-    iop = np.array(datasets[0].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
+    try:
+        frames = [fr for f, ds in zip(files, datasets) for fr in frames_of(f.name, ds, _header(ds))]
+    except ValueError as exc:
+        raise ValueError(f"Expected a readable Enhanced CT under {path}: {exc}. "
+                         "The series cannot be stacked.") from exc
+    iop = frames[0].orientation
     normal = np.cross(iop[:3], iop[3:])
-    pos = np.array([np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal) for ds in datasets])
+    pos = np.array([np.dot(fr.position, normal) for fr in frames])
     order = np.argsort(pos, kind="stable")
-    datasets = [datasets[i] for i in order]
-    files = [files[i] for i in order]
+    frames = [frames[i] for i in order]
     pos = pos[order]
     gaps = np.diff(pos)
     if len(gaps) and np.any(np.abs(gaps) < 1e-3):
-        dup = [files[i].name for i in np.flatnonzero(np.abs(gaps) < 1e-3)]
+        dup = [frames[i].name for i in np.flatnonzero(np.abs(gaps) < 1e-3)]
         raise ValueError(
             f"Expected one slice per position; received duplicate slice positions under {path} "
             f"(e.g. {', '.join(dup[:3])} repeat a position). Remove the duplicates or choose "
@@ -222,40 +234,32 @@ def read_series(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         uneven = np.flatnonzero(np.abs(gaps - dz) > UNEVEN_GAP_TOLERANCE * dz)
         if len(uneven):
             desc = ", ".join(
-                f"{gaps[i]:.3g} mm after {files[i].name}" for i in uneven[:5]
+                f"{gaps[i]:.3g} mm after {frames[i].name}" for i in uneven[:5]
             )
             raise ValueError(
                 f"Expected evenly spaced slices (median gap {dz:.3g} mm); received uneven gaps: "
                 f"{desc}. A slice may be missing; re-export the complete series."
             )
     else:
-        ds0 = datasets[0]
-        dz = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+        h0 = frames[0].header
+        dz = float(frames[0].dataset.get("SpacingBetweenSlices") or h0.get("SliceThickness") or 1.0)
 
-    ds0 = datasets[0]
-    spacing_yx = [float(v) for v in ds0.get("PixelSpacing", [1.0, 1.0])]
-
-    slices = []
-    for f, ds in zip(files, datasets):
+    slices, cache = [], {}
+    for fr in frames:
         try:
-            stored = ds.pixel_array
+            pixels = decoded(fr, cache)
         except Exception as exc:
+            ts = fr.dataset.file_meta.get("TransferSyntaxUID", "?")
             raise ValueError(
-                f"Expected decodable pixel data; {f} failed to decode "
+                f"Expected decodable pixel data; {fr.name} failed to decode "
                 f"({type(exc).__name__}: {exc}). The file may be truncated, or its transfer "
-                f"syntax {ds.file_meta.get('TransferSyntaxUID', '?')} needs a decoder "
-                "(pip install pylibjpeg pylibjpeg-openjpeg)."
+                f"syntax needs a decoder: {decoder_advice(ts)}."
             ) from exc
-        if stored.ndim != 2:
-            raise ValueError(
-                f"Expected single-frame CT slices; {f} holds an array of shape {stored.shape}."
-            )
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
-        hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        stored = frame_pixels(fr, pixels)
+        hu = stored.astype(np.float32) * np.float32(fr.slope) + np.float32(fr.intercept)
         pad = hu <= PADDING_HU_BELOW
-        if "PixelPaddingValue" in ds:
-            pad |= stored == int(ds.PixelPaddingValue)
+        if fr.padding is not None:
+            pad |= stored == fr.padding
         hu[pad] = AIR_HU
         slices.append(hu)
     shapes = {s.shape for s in slices}
@@ -263,18 +267,28 @@ def read_series(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         raise ValueError(
             f"Expected slices of one size; received sizes {sorted(shapes)} under {path}."
         )
-    kernel = ds0.get("ConvolutionKernel")
-    if kernel is not None and not isinstance(kernel, str):
+    h0 = frames[0].header
+    spacing_yx = frames[0].pixel_spacing
+    kernel = h0.get("ConvolutionKernel")
+    if isinstance(kernel, list):
         kernel = "\\".join(str(k) for k in kernel)
     prov = Provenance(
         source=str(path),
         modality="CT",
         series_uid=None if series_uid.startswith("<") else series_uid,
         kernel=str(kernel) if kernel else None,
-        description=str(ds0.get("SeriesDescription", "")) or None,
-        slice_headers=tuple(_header(ds) for ds in datasets),
+        description=str(h0.get("SeriesDescription", "")) or None,
+        slice_headers=tuple(fr.header for fr in frames),
+        transfer_syntax=str(frames[0].dataset.file_meta.get("TransferSyntaxUID", "")) or None,
     )
     return Volume(np.stack(slices), (abs(dz), spacing_yx[0], spacing_yx[1]), prov)
+
+
+def _sop_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return f"'{name}' ({uid})" if name and name != uid else (f"'{uid}'" if uid else "none")
 
 
 def _new_study_header(volume: Volume) -> list[dict[str, Any]]:
@@ -313,6 +327,7 @@ def write_series(
     description: str | None = None,
     derivation: str = DEFAULT_DERIVATION,
     series_number: int | None = None,
+    transfer_syntax: str | None = None,
     overwrite: bool = False,
 ) -> Saved:
     """Write ``volume`` as a derived CT series into a new folder.
@@ -320,15 +335,23 @@ def write_series(
     The folder is written atomically (temporary folder, then rename); an
     existing folder is refused unless ``overwrite=True``.  Returns what was
     written: the folder, its instance files and the new SeriesInstanceUID.
+
+    ``transfer_syntax``: None or ``"source"`` (default) writes the source's syntax (its
+    lossless sibling for a lossy one; Explicit VR Little Endian for a source that was not
+    DICOM), else a name of :data:`hybrid.io.transfer.WRITE_NAMES` (``explicit``,
+    ``implicit``, ``big-endian``, ``deflated``, ``rle``, ``jpeg-lossless``, ``jpeg-ls``,
+    ``jpeg-2000``) or its UID.  Every one is lossless: the stored values read back exactly.
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.multival import MultiValue
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
     from pydicom.valuerep import DSfloat
 
+    from hybrid.io.transfer import encode, syntax_for_writing, transcode_file, write_file
+
     folder = Path(folder)
+    syntax = syntax_for_writing(transfer_syntax, volume.provenance.transfer_syntax)
     from_dicom = bool(volume.provenance.slice_headers)
     headers = list(volume.provenance.slice_headers) if from_dicom else _new_study_header(volume)
     series_uid = generate_uid()
@@ -344,7 +367,8 @@ def write_series(
         for i, (hdr, hu) in enumerate(zip(headers, volume.array)):
             ds = Dataset()
             for k, v in hdr.items():
-                if k in ("SOPInstanceUID", "SeriesInstanceUID", "WindowCenter", "WindowWidth"):
+                if k in ("SOPInstanceUID", "SeriesInstanceUID", "WindowCenter", "WindowWidth",
+                         "ReferencedFrameNumber"):
                     continue
                 setattr(ds, k, v)
             sop_uid = generate_uid()
@@ -381,6 +405,8 @@ def write_series(
                 ref = Dataset()
                 ref.ReferencedSOPClassUID = hdr.get("SOPClassUID", CT_IMAGE_STORAGE)
                 ref.ReferencedSOPInstanceUID = hdr["SOPInstanceUID"]
+                if "ReferencedFrameNumber" in hdr:  # a frame of an Enhanced CT source
+                    ref.ReferencedFrameNumber = int(hdr["ReferencedFrameNumber"])
                 ds.SourceImageSequence = Sequence([ref])
             # Re-quantise through the source's rescale, into signed 16 bit.
             slope = float(hdr.get("RescaleSlope", 1.0)) or 1.0
@@ -399,17 +425,19 @@ def write_series(
             ds.PixelRepresentation = 1
             ds.WindowCenter = -600
             ds.WindowWidth = 1500
-            ds.PixelData = stored.tobytes()
             ds.SpecificCharacterSet = "ISO_IR 100"
 
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
             meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
+            transcode = encode(ds, stored, syntax)
             names.append(f"{i + 1:05d}.dcm")
-            pydicom.dcmwrite(tmp / names[-1], ds, enforce_file_format=True)
-    log.info("wrote derived series %s (%d slices) to %s", series_uid, len(headers), folder)
+            write_file(tmp / names[-1], ds)
+            if transcode:
+                transcode_file(tmp / names[-1], syntax)
+    log.info("wrote derived series %s (%d slices, transfer syntax %s) to %s", series_uid,
+             len(headers), syntax, folder)
     return Saved(path=folder, format="dicom", series_uid=str(series_uid),
                  files=tuple(folder / n for n in names))
 
@@ -432,6 +460,13 @@ def saved_series(folder: str | os.PathLike) -> Saved:
             "Write it again with hybrid.save(volume, folder).")
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     return Saved(path=folder, format="dicom", series_uid=uid, files=files)
+
+
+def transfer_syntax_of(file: str | os.PathLike) -> str:
+    """The TransferSyntaxUID of one DICOM file (its meta header only)."""
+    import pydicom
+
+    return str(pydicom.dcmread(file, stop_before_pixels=True).file_meta.TransferSyntaxUID)
 
 
 def read_datasets(files: Iterable[str | os.PathLike]) -> Iterator[Any]:

@@ -90,8 +90,10 @@ class Node:
             self.client.system()
 
     def status(self, series_uid: str) -> dict | None:
-        """The spool state of a source series (None when never seen)."""
-        return self.spool.state(series_uid)
+        """The spool state of a source series (None when never seen).  Read under the spool
+        lock: a "done" series' spooled files are already gone (see :meth:`_deliver`)."""
+        with self.spool.lock:
+            return self.spool.state(series_uid)
 
     def _set(self, uid: str, **changes: Any) -> dict:
         with self.spool.lock:
@@ -125,6 +127,9 @@ class Node:
                 self._active[st["series_uid"]] = st["status"]
                 if st["status"] == "receiving":  # restart: senders get a fresh quiet time
                     self._last_seen[st["series_uid"]] = now
+            if not self.config.keep_files:  # a stop between "done" and its clean-up
+                for st in self.spool.states("done"):
+                    self.spool.discard_files(st["series_uid"])
             if self._active:
                 log.info("resuming %d pending series: %s", len(self._active),
                          ", ".join(f"{u} ({s})" for u, s in sorted(self._active.items())))
@@ -354,11 +359,12 @@ class Node:
             log.warning("delivery of derived series %s (source %s) failed, attempt %d: %s; "
                         "next try in %.1f s", derived, uid, attempts, exc, delay)
             return
-        self._set(uid, status="done", delivered=time.time())
+        with self.spool.lock:  # "done" and the clean-up are seen together (issue 19)
+            self._set(uid, status="done", delivered=time.time())
+            if not self.config.keep_files:
+                self.spool.discard_files(uid)
         log.info("delivered derived series %s (%d instance(s), source %s) by %s", derived,
                  len(files), uid, self.config.destination.method)
-        if not self.config.keep_files:
-            self.spool.discard_files(uid)
 
     def _send(self, files: list[Path]) -> None:
         method = self.config.destination.method
@@ -374,12 +380,18 @@ class Node:
         from pynetdicom import AE
         from pynetdicom.sop_class import CTImageStorage
 
-        from hybrid.io.dicom import SEND_TRANSFER_SYNTAXES, read_datasets
+        from hybrid.io.dicom import SEND_TRANSFER_SYNTAXES, read_datasets, transfer_syntax_of
+        from hybrid.io.transfer import as_explicit_little
 
         dest = self.config.destination
         ae = AE(ae_title=self.config.listener.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
         ae.connection_timeout = min(dest.timeout_seconds, 10.0)
+        # the files' own syntax (the source's, e.g. JPEG Lossless) in a context of its own, so
+        # that a peer taking it is sent the files as they are; uncompressed in another
+        own = transfer_syntax_of(files[0])
+        if own not in SEND_TRANSFER_SYNTAXES:
+            ae.add_requested_context(CTImageStorage, own)
         ae.add_requested_context(CTImageStorage, list(SEND_TRANSFER_SYNTAXES))
         where = f"AE {dest.ae_title} at {dest.host}:{dest.port}"
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
@@ -388,7 +400,11 @@ class Node:
                      else "not reachable")
             raise SendError(f"association with {where} not established ({state})")
         try:
+            accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                        if cx.abstract_syntax == CTImageStorage}
             for ds in read_datasets(files):
+                if ds.file_meta.TransferSyntaxUID not in accepted:  # the peer refused it
+                    ds = as_explicit_little(ds)
                 rsp = assoc.send_c_store(ds)
                 if "Status" not in rsp:  # aborted, or no answer within the timeout
                     raise SendError(f"no C-STORE response from {where} for instance "

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hybrid.io.frames import CT_SOP_CLASSES, is_ct
 from hybrid.serve.config import SelectConfig
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: C-STORE statuses (PS3.4 B.2.3, PS3.7 C.5)
 SUCCESS = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -56,6 +56,8 @@ def derived_reason(tags: Mapping[str, Any]) -> str | None:
 def select_reason(tags: Mapping[str, Any], rule: SelectConfig) -> str | None:
     """Why a series is *not* selected for enhancement by ``rule``, or None when it is."""
     modality = str(tags.get("Modality") or "")
+    if not modality and is_ct("", str(tags.get("SOPClassUID") or "")):
+        modality = "CT"  # anonymisers strip Modality; the SOP class says what it is
     if rule.modality and modality != rule.modality:
         return f"modality {modality or 'missing'}, expected {rule.modality}"
     if rule.skip_derived:
@@ -82,17 +84,19 @@ def select_reason(tags: Mapping[str, Any], rule: SelectConfig) -> str | None:
 def instance_refusal(ds, sop_class_uid: str | None = None) -> tuple[int, str] | None:
     """(C-STORE status, reason) refusing one received instance, or None when it is acceptable.
 
-    Refused: a SOP class other than CT Image Storage (0x0122), a modality
-    other than CT or missing identifying UIDs (0xA900), missing, truncated or
-    undecodable pixel data (0xC000).
+    Refused: a SOP class other than CT, Enhanced CT or Legacy Converted Enhanced CT Image
+    Storage (0x0122), a modality other than CT (a missing one is taken from the SOP class)
+    or missing identifying UIDs (0xA900), missing, truncated or undecodable pixel data
+    (0xC000).
     """
     from hybrid.serve.spool import valid_uid
 
     sop_class = str(sop_class_uid or ds.get("SOPClassUID", ""))
-    if sop_class != CT_IMAGE_STORAGE:
-        return SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class or 'missing'} is not CT Image Storage"
+    if sop_class not in CT_SOP_CLASSES:
+        return (SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {sop_class or 'missing'} is not one of {', '.join(CT_SOP_CLASSES.values())}")
     modality = str(ds.get("Modality", "") or "")
-    if modality != "CT":
+    if not is_ct(modality, sop_class):
         return DATASET_DOES_NOT_MATCH, f"modality {modality or 'missing'}, expected CT"
     for kw in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         if not valid_uid(str(ds.get(kw, "") or "")):
@@ -103,7 +107,7 @@ def instance_refusal(ds, sop_class_uid: str | None = None) -> tuple[int, str] | 
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and not ts.is_compressed:
         expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
-                    * int(ds.BitsAllocated) // 8)
+                    * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)
         got = len(ds.PixelData)
         if got < expected:
             return CANNOT_UNDERSTAND, f"pixel data truncated ({got} of {expected} bytes)"

@@ -39,11 +39,16 @@ class StorageSCP:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        from hybrid.io.frames import CT_SOP_CLASSES
+        from hybrid.io.transfer import SYNTAXES
+
         ae = AE(ae_title=self.config.ae_title)
         ae.require_calling_aet = list(self.config.allowed_calling_aets)
         ae.require_called_aet = True
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+        for sop_class in CT_SOP_CLASSES:  # CT in every syntax hybrid.load decodes
+            ae.add_supported_context(sop_class, list(SYNTAXES))
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
         self._server = ae.start_server((self.config.host, self.config.port), block=False,
