@@ -66,3 +66,26 @@ def dicom_series(tmp_path, small_volume):
     out = tmp_path / "series"
     save(small_volume, out, format="dicom", description="fixture")
     return out
+
+
+# ---------------------------------------------------------------- hybrid serve
+@pytest.fixture
+def serve_log(caplog):
+    """The hybrid.serve log at INFO (what an operator would read)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hybrid.serve")
+    return caplog
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on 127.0.0.1 (tests/orthanc_server.py); skips where it is not installed."""
+    from tests.orthanc_server import ORTHANC, OrthancServer
+
+    if ORTHANC is None:
+        pytest.skip("Debian's Orthanc is not installed (.ci/run installs it: apt-get install "
+                    "orthanc orthanc-dicomweb)")
+    server = OrthancServer(tmp_path / "orthanc", modalities=["SCANNER", "HYBRID"]).start()
+    yield server
+    server.stop(graceful=False)  # its storage is thrown away: no need to wait for a clean exit

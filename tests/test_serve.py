@@ -10,7 +10,6 @@ input in the test itself.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -34,7 +33,6 @@ from tests.orthanc_server import (  # noqa: E402
     ORTHANC,
     PASSWORD,
     USER,
-    OrthancServer,
     associate_ok,
     associate_refused,
     c_store,
@@ -123,22 +121,6 @@ class Forbidden:
 
 def no_identifiers(text: str) -> None:
     assert PATIENT_NAME not in text and PATIENT_ID not in text
-
-
-@pytest.fixture
-def serve_log(caplog):
-    caplog.set_level(logging.INFO, logger="hybrid.serve")
-    return caplog
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    if ORTHANC is None:
-        pytest.skip("Debian's Orthanc is not installed (.ci/run installs it: apt-get install "
-                    "orthanc orthanc-dicomweb)")
-    server = OrthancServer(tmp_path / "orthanc", modalities=["SCANNER", "HYBRID"]).start()
-    yield server
-    server.stop(graceful=False)  # its storage is thrown away: no need to wait for a clean exit
 
 
 # ---------------------------------------------------------------- configuration and rules

@@ -30,6 +30,11 @@ class ListenerConfig:
     port: int = 11112
     allowed_calling_aets: tuple[str, ...] = ()
     quiet_seconds: float = 30.0
+    #: A new series is refused (C-STORE 0xA700, out of resources) unless this much room is
+    #: left in the spool, so that a series begun can be finished; 0 turns the check off.
+    reserve_mb: float = 1024.0
+    #: Most the spool's files may take (MB); 0: no quota, the disk's free space decides.
+    spool_quota_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,9 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
                    "that may send (an allow-list is required); received none.", source)
     if lst.quiet_seconds <= 0 or orth.poll_seconds <= 0:
         raise _bad("expected quiet_seconds and poll_seconds > 0.", source)
+    if lst.reserve_mb < 0 or lst.spool_quota_mb < 0:
+        raise _bad(f"expected [listener] reserve_mb and spool_quota_mb >= 0; received "
+                   f"{lst.reserve_mb} and {lst.spool_quota_mb}.", source)
     if retry.initial_seconds <= 0 or retry.max_seconds < retry.initial_seconds:
         raise _bad(f"expected 0 < [retry] initial_seconds <= max_seconds; received "
                    f"{retry.initial_seconds} and {retry.max_seconds}.", source)

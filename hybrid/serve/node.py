@@ -20,7 +20,7 @@ from typing import Any
 
 from hybrid.serve.config import ServeConfig
 from hybrid.serve.rules import select_reason
-from hybrid.serve.spool import Spool, valid_uid
+from hybrid.serve.spool import MB, Spool, valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class Node:
 
     def __init__(self, config: ServeConfig, *, enhancer: Any = None):
         self.config = config
-        self.spool = Spool(config.spool)
+        quota = config.listener.spool_quota_mb
+        self.spool = Spool(config.spool, quota_bytes=int(quota * MB) if quota else None)
         self._enhancer = enhancer
         self._client = None
         self._scp = None
@@ -338,6 +339,7 @@ class Node:
             log.error("series %s not enhanced (%s: %s); its instances stay in %s", uid,
                       type(exc).__name__, exc, self.spool.inbound_dir(uid))
             return
+        self.spool.account(out)
         self.spool.mark_produced(saved.series_uid)
         self._set(uid, status="outbound", derived_series_uid=saved.series_uid, attempts=0,
                   next_try=0.0, derived_instances=len(saved.files))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from hybrid.serve import rules
 from hybrid.serve.config import ListenerConfig
-from hybrid.serve.spool import Spool
+from hybrid.serve.spool import MB, Spool
 
 log = logging.getLogger("hybrid.serve")
 
@@ -60,6 +60,19 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _no_room(self, new_series: bool, size: int) -> str | None:
+        """Why the spool cannot take an instance of ``size`` bytes, or None: a new series
+        needs the configured reserve left (so that a series begun can be finished), any
+        instance its own size."""
+        room = self.spool.room()
+        reserve = int(self.config.reserve_mb * MB)
+        if new_series and room < reserve:
+            return (f"spool nearly full ({room / MB:.1f} MB left, a new series needs "
+                    f"reserve_mb = {self.config.reserve_mb:g}); free space or raise the quota")
+        if room < size:
+            return f"spool full ({room / MB:.1f} MB left, the instance is {size / MB:.1f} MB)"
+        return None
 
     # ------------------------------------------------------------ handlers
     def _on_rejected(self, event) -> None:
@@ -107,6 +120,12 @@ class StorageSCP:
             data = event.encoded_dataset(include_meta=True)
             with self.spool.lock:
                 st = self.spool.state(series_uid)
+                full = self._no_room(st is None, len(data))
+                if full:
+                    log.warning("refused instance %s of series %s from AE %r: %s; status "
+                                "0x%04X", sop_uid, series_uid, calling, full,
+                                rules.OUT_OF_RESOURCES)
+                    return rules.OUT_OF_RESOURCES
                 if st is None or st.get("status") == "receiving":
                     folder = self.spool.inbound_dir(series_uid)
                     self.spool.add_file(folder, f"{sop_uid}.dcm", data)

@@ -33,6 +33,7 @@ from hybrid.io._atomic import atomic_file
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STATUSES = ("receiving", "downloading", "ready", "outbound", "done", "failed")
+MB = 1024 * 1024
 
 
 def valid_uid(uid: Any) -> bool:
@@ -53,15 +54,43 @@ class SpoolLockedError(RuntimeError):
     pass
 
 
-class Spool:
-    """Thread-safe access to one spool folder (held exclusively by one process)."""
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
-    def __init__(self, root: str | os.PathLike):
+
+class Spool:
+    """Thread-safe access to one spool folder (held exclusively by one process).
+
+    ``quota_bytes`` (optional) caps what its series' files may take; :meth:`room` is the
+    space left, the smaller of that and the disk's free space.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, quota_bytes: int | None = None):
         self.root = Path(root)
         for sub in ("inbound", "outbound", "late", "state", "produced"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._lock_fh = None
+        self.quota_bytes = quota_bytes
+        self._used = sum(_tree_bytes(self.root / sub) for sub in ("inbound", "outbound", "late"))
+
+    # ------------------------------------------------------------ space
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of spooled instances and derived series (kept up to date, not re-walked)."""
+        return self._used
+
+    def room(self) -> int:
+        """Bytes that may still be written: the disk's free space, and the quota's rest."""
+        free = shutil.disk_usage(self.root).free
+        if self.quota_bytes is not None:
+            free = min(free, self.quota_bytes - self._used)
+        return max(int(free), 0)
+
+    def account(self, folder: Path) -> None:
+        """Count a folder written outside :meth:`add_file` (a derived series)."""
+        with self.lock:
+            self._used += _tree_bytes(folder)
 
     # ------------------------------------------------------------ process lock
     def acquire(self) -> None:
@@ -147,10 +176,15 @@ class Spool:
     # ------------------------------------------------------------ files
     def add_file(self, folder: Path, name: str, data: bytes) -> Path:
         path = folder / name
-        write_durably(path, data)
+        with self.lock:
+            old = path.stat().st_size if path.exists() else 0  # an instance sent again
+            write_durably(path, data)
+            self._used += len(data) - old
         return path
 
     def discard_files(self, uid: str) -> None:
         """Remove a delivered series' spooled input and output (the state file stays)."""
-        for d in (self.inbound_dir(uid), self.outbound_dir(uid)):
-            shutil.rmtree(d, ignore_errors=True)
+        with self.lock:
+            for d in (self.inbound_dir(uid), self.outbound_dir(uid)):
+                self._used -= _tree_bytes(d)
+                shutil.rmtree(d, ignore_errors=True)
