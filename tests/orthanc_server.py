@@ -44,8 +44,12 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str 
 class OrthancServer:
     """One Orthanc process on 127.0.0.1 with authentication and known DICOM modalities."""
 
-    def __init__(self, root: Path, *, modalities: dict[str, str], aet: str = "ORTHANC",
-                 stable_age: int = 1):
+    def __init__(self, root: Path, *, modalities, aet: str = "ORTHANC",
+                 stable_age: int = 1, tls: dict[str, Path] | None = None):
+        """``modalities``: AE titles of senders Orthanc never calls back, or a mapping AE
+        title -> (port, use DICOM TLS) of those it sends to.  ``tls``: ``certificate``,
+        ``private_key``, ``trusted`` (PEM files): Orthanc's DICOM port then speaks TLS only
+        and requires its peers' certificates."""
         self.root = Path(root)
         self.aet = aet
         self.http_port = free_port()
@@ -68,7 +72,12 @@ class OrthancServer:
             "DicomAlwaysAllowStore": False,
             "DicomAlwaysAllowEcho": False,
             # AE title → (AET, host, port): port 1 marks a sender Orthanc never calls back
-            "DicomModalities": {name.lower(): [name, "127.0.0.1", 1] for name in modalities},
+            "DicomModalities": (
+                {name.lower(): {"AET": name, "Host": "127.0.0.1", "Port": port,
+                                "UseDicomTls": use_tls}
+                 for name, (port, use_tls) in modalities.items()}
+                if isinstance(modalities, dict)
+                else {name.lower(): [name, "127.0.0.1", 1] for name in modalities}),
             "StableAge": stable_age,
             "HttpDescribeErrors": True,
             "ConcurrentJobs": 1,
@@ -76,6 +85,12 @@ class OrthancServer:
             "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        if tls:
+            config.update({"DicomTlsEnabled": True,
+                           "DicomTlsCertificate": str(tls["certificate"]),
+                           "DicomTlsPrivateKey": str(tls["private_key"]),
+                           "DicomTlsTrustedCertificates": str(tls["trusted"]),
+                           "DicomTlsRemoteCertificateRequired": True})
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path = self.root / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=1))

@@ -83,6 +83,27 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """DICOM TLS (PS3.15 B.1): this node's certificate and key, whom it trusts, where used.
+
+    ``trusted_certificates``: a PEM file of the CA certificates (or the peers' own
+    certificates) a peer's certificate must be signed by.  ``listener``: the Storage SCP
+    speaks TLS only and requires the sender's certificate; ``destination``: C-STORE out
+    over TLS, the PACS's certificate and host name checked.
+    """
+
+    certificate: str = ""
+    private_key: str = ""
+    trusted_certificates: str = ""
+    listener: bool = False
+    destination: bool = False
+
+    @property
+    def used(self) -> bool:
+        return self.listener or self.destination
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     mode: str
     spool: Path
@@ -91,6 +112,7 @@ class ServeConfig:
     select: SelectConfig = SelectConfig()
     destination: DestinationConfig = DestinationConfig()
     retry: RetryConfig = RetryConfig()
+    tls: TlsConfig = TlsConfig()
     keep_files: bool = False  # keep spooled input/output after delivery
 
 
@@ -100,6 +122,7 @@ _SECTIONS = {
     "select": SelectConfig,
     "destination": DestinationConfig,
     "retry": RetryConfig,
+    "tls": TlsConfig,
 }
 _TOP = {"mode", "spool", "keep_files", *_SECTIONS}
 
@@ -199,6 +222,18 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
     sel: SelectConfig = sections["select"]
     dest: DestinationConfig = sections["destination"]
     retry: RetryConfig = sections["retry"]
+    tls: TlsConfig = sections["tls"]
+    if tls.used:
+        for key in ("certificate", "private_key", "trusted_certificates"):
+            value = getattr(tls, key)
+            if not value or not Path(value).expanduser().is_file():
+                raise _bad(f"expected [tls] {key} = a readable PEM file (TLS is on for the "
+                           f"{'listener' if tls.listener else 'destination'}); received "
+                           f"{value!r}.", source)
+        if tls.destination and dest.method != "cstore":
+            raise _bad(f"expected [destination] method = 'cstore' with [tls] destination = "
+                       f"true (REST and STOW go over HTTPS: set [orthanc] url to https://); "
+                       f"received {dest.method!r}.", source)
 
     for label, aet in [("[listener] ae_title", lst.ae_title),
                        ("[destination] ae_title", dest.ae_title),
@@ -247,7 +282,8 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
                 f"Export it before starting hybrid serve.", source)
         orth = dataclasses.replace(orth, password=password)
     return ServeConfig(mode=mode, spool=Path(data["spool"]).expanduser(), listener=lst,
-                       orthanc=orth, select=sel, destination=dest, retry=retry, keep_files=keep)
+                       orthanc=orth, select=sel, destination=dest, retry=retry, tls=tls,
+                       keep_files=keep)
 
 
 def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> ServeConfig:

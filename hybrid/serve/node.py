@@ -137,7 +137,13 @@ class Node:
             if self.config.mode == "listener":
                 from hybrid.serve.scp import StorageSCP
 
-                self._scp = StorageSCP(self.config.listener, self.spool, self._on_received)
+                ctx = None
+                if self.config.tls.listener:
+                    from hybrid.serve.tls import server_context
+
+                    ctx = server_context(self.config.tls)
+                self._scp = StorageSCP(self.config.listener, self.spool, self._on_received,
+                                       ssl_context=ctx)
                 self._scp.start()
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="hybrid-serve-worker",
@@ -396,7 +402,13 @@ class Node:
             ae.add_requested_context(CTImageStorage, own)
         ae.add_requested_context(CTImageStorage, list(SEND_TRANSFER_SYNTAXES))
         where = f"AE {dest.ae_title} at {dest.host}:{dest.port}"
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        tls_args = None
+        if self.config.tls.destination:
+            from hybrid.serve.tls import client_context
+
+            tls_args = (client_context(self.config.tls), dest.host)
+            where += " (DICOM TLS)"
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             state = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted
                      else "not reachable")

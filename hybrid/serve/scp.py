@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from hybrid.serve import rules
 from hybrid.serve.config import ListenerConfig
@@ -25,8 +26,9 @@ class StorageSCP:
     """Receives instances into ``spool``; ``on_received(series_uid)`` after each spooled one."""
 
     def __init__(self, config: ListenerConfig, spool: Spool,
-                 on_received: Callable[[str], None]):
+                 on_received: Callable[[str], None], *, ssl_context: Any = None):
         self.config = config
+        self.ssl_context = ssl_context  # DICOM TLS (hybrid.serve.tls), or None
         self.spool = spool
         self.on_received = on_received
         self._server = None
@@ -52,9 +54,10 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
         self._server = ae.start_server((self.config.host, self.config.port), block=False,
-                                       evt_handlers=handlers)
-        log.info("listening as AE %s on %s:%d; allowed calling AEs: %s", self.config.ae_title,
-                 self.config.host, self.port, ", ".join(self.config.allowed_calling_aets))
+                                       evt_handlers=handlers, ssl_context=self.ssl_context)
+        log.info("listening as AE %s on %s:%d%s; allowed calling AEs: %s", self.config.ae_title,
+                 self.config.host, self.port, " (DICOM TLS)" if self.ssl_context else "",
+                 ", ".join(self.config.allowed_calling_aets))
 
     def stop(self) -> None:
         if self._server is not None:
