@@ -108,3 +108,8 @@ enhance-batch: setup
 
 bench-batch: setup
 	$(PY) experiments/bench_batch.py
+
+# `make bench-serve`: hybrid serve with four senders at once -> experiments/results/bench_serve.json.
+.PHONY: bench-serve
+bench-serve: setup
+	$(PY) experiments/bench_serve.py

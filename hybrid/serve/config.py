@@ -72,6 +72,9 @@ class DestinationConfig:
     host: str = "127.0.0.1"
     port: int = 4242
     timeout_seconds: float = 60.0
+    #: The derived series' transfer syntax: "source" (the received one's; its lossless
+    #: sibling for a lossy one) or a ``--transfer-syntax`` name (hybrid.io.transfer).
+    transfer_syntax: str = "source"
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,11 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
     if retry.initial_seconds <= 0 or retry.max_seconds < retry.initial_seconds:
         raise _bad(f"expected 0 < [retry] initial_seconds <= max_seconds; received "
                    f"{retry.initial_seconds} and {retry.max_seconds}.", source)
+    from hybrid.io.transfer import TRANSFER_CHOICES
+
+    if dest.transfer_syntax not in TRANSFER_CHOICES:
+        raise _bad(f"expected [destination] transfer_syntax = one of {list(TRANSFER_CHOICES)}; "
+                   f"received {dest.transfer_syntax!r}.", source)
     if dest.method not in SEND_METHODS:
         raise _bad(f"expected [destination] method = one of {list(SEND_METHODS)}; received "
                    f"{dest.method!r}.", source)

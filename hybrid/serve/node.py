@@ -210,9 +210,10 @@ class Node:
         for uid, status in self._snapshot():
             if self._stop.is_set():
                 break
-            if status == "ready":
-                self._enhance(uid)
+            if status == "ready":  # one series, then its delivery: under load each series
+                self._enhance(uid)  # goes back as soon as it is done, not after all others
                 busy = True
+                break
         now = time.time()
         for uid, status in self._snapshot():
             if self._stop.is_set():
@@ -337,7 +338,8 @@ class Node:
                 t0 = time.perf_counter()
                 enhanced = self.enhancer.enhance(vol, progress=False)
                 seconds = time.perf_counter() - t0
-                saved = save(enhanced, out, format="dicom", **save_options(enhanced, "dicom"))
+                saved = save(enhanced, out, format="dicom", **save_options(enhanced, "dicom"),
+                             transfer_syntax=self.config.destination.transfer_syntax)
                 log.info("enhanced series %s: %d slice(s) of %dx%d in %.1f s", uid,
                          vol.shape[0], vol.shape[1], vol.shape[2], seconds)
         except Exception as exc:  # bad input: keep it, say why, never loop on it
