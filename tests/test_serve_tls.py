@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
 pytest.importorskip("pynetdicom")
@@ -65,9 +66,13 @@ def _orthanc(tmp_path, certs, node_port):
                          ).start()
 
 
-def _upload(orthanc, folder: Path) -> list[str]:
-    return [orthanc.session.post(orthanc.url + "/instances", data=f.read_bytes(), timeout=30
-                                 ).json()["ID"] for f in sorted(folder.glob("*.dcm"))]
+def _orthanc_sends(orthanc, folder: Path):
+    """Upload a series to Orthanc, then have Orthanc C-STORE it to the node (modality
+    "hybrid", over DICOM TLS); Orthanc's answer."""
+    ids = [orthanc.session.post(orthanc.url + "/instances", data=f.read_bytes(), timeout=30
+                                ).json()["ID"] for f in sorted(folder.glob("*.dcm"))]
+    return orthanc.session.post(orthanc.url + "/modalities/hybrid/store",
+                                json={"Resources": ids, "Synchronous": True}, timeout=60)
 
 
 def test_tls_both_ways_with_orthanc(tmp_path, certs, serve_log):
@@ -81,9 +86,7 @@ def test_tls_both_ways_with_orthanc(tmp_path, certs, serve_log):
         cfg = _tls_config(tmp_path, certs, trusted="orthanc", listener_port=port,
                           orthanc_port=orthanc.dicom_port)
         with Node(cfg, enhancer=Counting()) as node:
-            ids = _upload(orthanc, src)
-            rsp = orthanc.session.post(orthanc.url + "/modalities/hybrid/store",
-                                       json={"Resources": ids, "Synchronous": True}, timeout=60)
+            rsp = _orthanc_sends(orthanc, src)
             assert rsp.ok, rsp.text
             st = wait_for(lambda: (node.status(series) or {}).get("status") == "done"
                           and node.status(series), timeout=60, what="delivery over TLS")
@@ -102,6 +105,7 @@ def test_wrong_certificates_are_refused_with_a_clear_log_line(tmp_path, certs, s
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
+    from hybrid.serve.config import TlsConfig
     from hybrid.serve.tls import client_context
 
     src = make_uld_series(tmp_path / "uld", seed=62, shape=(2, 64, 64))
@@ -113,24 +117,21 @@ def test_wrong_certificates_are_refused_with_a_clear_log_line(tmp_path, certs, s
         cfg = _tls_config(tmp_path, certs, trusted="scanner", listener_port=port,
                           orthanc_port=orthanc.dicom_port)
         with Node(cfg, enhancer=Counting()) as node:
-            scanner = type("T", (), {"certificate": certs["scanner"]["certificate"],
-                                   "private_key": certs["scanner"]["private_key"],
-                                   "trusted_certificates": certs["hybrid"]["certificate"]})
+            scanner = TlsConfig(certificate=str(certs["scanner"]["certificate"]),
+                                private_key=str(certs["scanner"]["private_key"]),
+                                trusted_certificates=str(certs["hybrid"]["certificate"]))
             ae = AE(ae_title="SCANNER")
             ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
             # a sender whose certificate the node trusts (the scanner) gets in ...
             ok = ae.associate("127.0.0.1", port, ae_title="HYBRID",
                               tls_args=(client_context(scanner), "127.0.0.1"))
             assert ok.is_established
-            statuses = [int(ok.send_c_store(__import__("pydicom").dcmread(f)).Status)
+            statuses = [int(ok.send_c_store(pydicom.dcmread(f)).Status)
                         for f in sorted(src.glob("*.dcm"))]
             ok.release()
             assert statuses == [0, 0]
             # ... Orthanc, whose certificate it does not trust, is refused at the handshake
-            ids = _upload(orthanc, src)
-            rsp = orthanc.session.post(orthanc.url + "/modalities/hybrid/store",
-                                       json={"Resources": ids, "Synchronous": True}, timeout=60)
-            assert not rsp.ok
+            assert not _orthanc_sends(orthanc, src).ok
             # and the derived series is not sent to an Orthanc it does not trust
             st = wait_for(lambda: (node.status(series) or {}).get("attempts", 0) >= 1
                           and node.status(series), timeout=60, what="a failed delivery")
