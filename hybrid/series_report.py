@@ -172,10 +172,14 @@ def write_report(path: str | os.PathLike, source: Any, enhanced: Any, maps: Any,
     ]
     parts += ["<h2>Summary</h2>", _table(summary)]
 
+    with_dict = getattr(maps, "dictionary", None) is not None
+    sources = ("the input (red), the patch dictionary (green) and the CNN pair (blue)"
+               if with_dict else "the input (red) and the CNN pair (blue; no dictionary "
+               "was used)")
     parts.append("<h2>Before and after</h2><p>Columns: input and enhanced in the "
                  f"{LUNG} window, then in the {SOFT_TISSUE} window, then the source "
-                 "map: the share of each pixel taken from the input (red), the patch "
-                 "dictionary (green) and the CNN pair (blue); black outside the body.</p>")
+                 f"map: the share of each pixel taken from {sources}; black outside the "
+                 "body.</p>")
     for z in report_levels(lung, levels):
         figs = []
         for win in (LUNG, SOFT_TISSUE):
@@ -183,7 +187,7 @@ def write_report(path: str | os.PathLike, source: Any, enhanced: Any, maps: Any,
                 figs.append((_png(img, vmin=win.low, vmax=win.high),
                              f"slice {z + 1} of {src.shape[0]}: {name}, {win} window"))
         figs.append((_png(_source_rgb(w_in[z], w_dict[z], body[z])),
-                     f"slice {z + 1}: source map (input / dictionary / CNN)"))
+                     f"slice {z + 1}: source map (input / {'dictionary / ' if with_dict else ''}CNN)"))
         parts.append("<div class=\"level\">" + "".join(
             f"<figure><img alt=\"{html.escape(cap)}\" src=\"{uri}\">"
             f"<figcaption>{html.escape(cap)}</figcaption></figure>" for uri, cap in figs)

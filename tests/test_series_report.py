@@ -57,6 +57,7 @@ def test_report_is_self_contained_and_says_what_it_must(report):
                  "source map", "estimated noise before", "estimated noise after", "Timings",
                  "segment (s)", "cnn (s)", "dictionary (s)", "model: cnn", "blender"):
         assert must in words, must
+    assert "no dictionary was used" in words  # the default path (issue 17): its map says so
     # no patient data: only UIDs name the series
     ds = pydicom.dcmread(sorted(src.glob("*"))[0], stop_before_pixels=True)
     for field in ("PatientName", "PatientID", "PatientBirthDate"):
