@@ -100,21 +100,19 @@ def _case_variants(case: Any, z: np.ndarray) -> list[tuple[str, np.ndarray, np.n
     return out
 
 
-def input_rule_samples(cases: Iterable[Any], cnn: Any, dictionary: Any = None,
-                       blender: Any = None, *, doses: Sequence[float], slices_per_case: int,
-                       stride: Any = 2) -> list[tuple]:
-    """Samples ``(hybrid, input, noise_ratio, nd, body)`` for the input rule.
+def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float],
+                       slices_per_case: int) -> list[tuple]:
+    """Samples ``(cnn, input, noise_ratio, nd, body)`` for the input rule.
 
-    ``hybrid`` is the CNN's proposal, or with a ``dictionary`` the CNN blended with it by
-    ``blender`` (the rule fitted before); ``input`` the case at dose ``f`` made from its stored noise realisation
-    (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.noise_scale`); one sample per
-    case, kernel variant and dose.
+    ``cnn`` is the CNN pair's proposal (the rule is fitted over it: the product's default
+    path has no dictionary); ``input`` the case at dose ``f`` made from its stored noise
+    realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.noise_scale`);
+    one sample per case, kernel variant and dose.
     """
     from hybrid.baselines import InputBaseline
     from hybrid.cnn.multidose import noise_scale
     from hybrid.lung import segment
 
-    query = dictionary.with_settings(stride=stride) if dictionary is not None else None
     samples = []
     for case in cases:
         f0 = float(case.meta["dose_fraction"])
@@ -126,9 +124,7 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, dictionary: Any = None,
                 x = (nd + float(noise_scale(f, f0, independent=independent)) * noise
                      ).astype(np.float32)
                 lung = segment(x, spacing=case.uld.spacing, body=body)
-                base = cnn.propose(x, lung_mask=lung)
-                base = (blender.blend(base, query.propose(x, body_mask=body)).image
-                        if query is not None else base.image)
+                base = cnn.propose(x, lung_mask=lung).image
                 inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)
                 samples.append((base, inp.image, inp.uncertainty, nd, body))
             log.info("input rule: case %s (%s kernel), %d doses", case.case_id, kernel, len(doses))

@@ -101,20 +101,15 @@ def test_input_rule_samples_span_the_doses_and_leave_the_normal_dose_alone():
     lower (one realisation rescaled by ``a(f)``: a(0.01) / a(0.1) = sqrt(99 / 9))."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("faiss")
-    from hybrid.blend import Blender, SoftMode
     from hybrid.calibration import input_rule_samples
     from hybrid.cnn.config import CNNConfig
     from hybrid.cnn.infer import CNNPair
     from hybrid.data import make_phantom_case
-    from hybrid.dictionary import DictionaryConfig, PatchDictionary
 
     case = make_phantom_case(6, shape=(3, 96, 96))
-    dic = PatchDictionary.build([(case.uld.array, case.nd, case.body_mask)],
-                                config=DictionaryConfig(max_patches=2000, n_heldout=100))
     pair = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
                          CNNConfig.for_region("body", depth=3, width=8))
-    samples = input_rule_samples([case], pair, dic, Blender(SoftMode(1.0, 0.1)),
-                                 doses=(0.01, 0.1, 1.0), slices_per_case=2)
+    samples = input_rule_samples([case], pair, doses=(0.01, 0.1, 1.0), slices_per_case=2)
     assert len(samples) == 3  # a phantom: its own kernel only
     (_, x01, r01, nd, body), (_, x1, r1, _, _) = samples[1], samples[2]
     assert nd.shape == (2, 96, 96) and body.dtype == bool
