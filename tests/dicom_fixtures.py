@@ -1,7 +1,7 @@
 """DICOM fixtures made from a real series, not downloaded (issue 19).
 
-* :func:`reencode`: the series' own files re-encoded into another transfer syntax
-  (pydicom's encoders; GDCM for JPEG Lossless, which pydicom cannot encode);
+* :func:`reencode`: the series' own files re-encoded into another transfer syntax, by the
+  product's own writer of one instance (:func:`hybrid.io.transfer.write_instance`);
 * :func:`enhanced_ct`: the series as one Enhanced CT multi-frame file (per-frame plane
   positions and rescale, shared pixel measures, orientation and kernel);
 * :func:`without_modality`: the series with Modality removed (as anonymisers leave it).
@@ -41,35 +41,18 @@ def source_files(folder: Path) -> list[Path]:
 def reencode(folder: Path, out: Path, uid: str) -> Path:
     """Every file of ``folder`` in transfer syntax ``uid`` (same UIDs and headers) in ``out``."""
     import pydicom
-    from pydicom.uid import UID
 
-    from hybrid.io.transfer import transcode_file
+    from hybrid.io.transfer import write_instance
 
     out.mkdir(parents=True, exist_ok=True)
+    options = {"1.2.840.10008.1.2.4.81": {"jls_error": NEAR},
+               "1.2.840.10008.1.2.4.91": {"j2k_cr": [J2K_RATIO]}}.get(str(uid), {})
     for f in source_files(folder):
         ds = pydicom.dcmread(f)
         arr = ds.pixel_array
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()
-        dst = out / f.name
-        uid = UID(uid)
-        if uid in ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"):
-            ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
-            pydicom.dcmwrite(dst, ds, enforce_file_format=True)
-            transcode_file(dst, uid)
-            continue
-        if uid == "1.2.840.10008.1.2.2":
-            ds.file_meta.TransferSyntaxUID = uid
-            ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
-            pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=False, force_encoding=True)
-            continue
-        if uid.is_compressed:
-            kw = {"jls_error": NEAR} if uid == "1.2.840.10008.1.2.4.81" else (
-                {"j2k_cr": [J2K_RATIO]} if uid == "1.2.840.10008.1.2.4.91" else {})
-            ds.compress(uid, arr, generate_instance_uid=False, **kw)
-        else:
-            ds.file_meta.TransferSyntaxUID = uid
-        pydicom.dcmwrite(dst, ds, enforce_file_format=True)
+        write_instance(out / f.name, ds, arr, uid, **options)
     return out
 
 

@@ -348,7 +348,7 @@ def write_series(
     from pydicom.uid import generate_uid
     from pydicom.valuerep import DSfloat
 
-    from hybrid.io.transfer import encode, syntax_for_writing, transcode_file, write_file
+    from hybrid.io.transfer import syntax_for_writing, write_instance
 
     folder = Path(folder)
     syntax = syntax_for_writing(transfer_syntax, volume.provenance.transfer_syntax)
@@ -431,11 +431,8 @@ def write_series(
             meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
             meta.MediaStorageSOPInstanceUID = sop_uid
             ds.file_meta = meta
-            transcode = encode(ds, stored, syntax)
             names.append(f"{i + 1:05d}.dcm")
-            write_file(tmp / names[-1], ds)
-            if transcode:
-                transcode_file(tmp / names[-1], syntax)
+            write_instance(tmp / names[-1], ds, stored, syntax)
     log.info("wrote derived series %s (%d slices, transfer syntax %s) to %s", series_uid,
              len(headers), syntax, folder)
     return Saved(path=folder, format="dicom", series_uid=str(series_uid),

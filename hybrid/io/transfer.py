@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Syntax", "SYNTAXES", "WRITE_NAMES", "TRANSFER_CHOICES", "decoder_advice",
-           "syntax_for_writing", "encode", "write_file", "transcode_file", "as_explicit_little"]
+           "syntax_for_writing", "write_instance", "transcode_file", "as_explicit_little"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,48 +117,48 @@ def syntax_for_writing(choice: str | None, source_uid: str | None) -> str:
         f"{', '.join(WRITE_NAMES)} (or their UIDs); received {choice!r}.")
 
 
-def encode(ds: Any, stored: np.ndarray, uid: str) -> bool:
-    """Put ``stored`` (int16, one slice) into ``ds`` in transfer syntax ``uid``.
+_JPEG_LOSSLESS = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
-    Returns True when the file must go through :func:`transcode_file` after writing (JPEG
-    Lossless: pydicom has no encoder, GDCM has).  The file meta's TransferSyntaxUID is set
-    to what the written file will hold before any transcoding.
+
+def write_instance(path: Path, ds: Any, stored: np.ndarray, uid: str, **encoder_options) -> None:
+    """Write ``ds`` with the pixel values ``stored`` (one slice) to ``path`` in transfer
+    syntax ``uid``: any of :data:`SYNTAXES`.
+
+    Uncompressed syntaxes are written by pydicom, big endian byte-swapped by hand (pydicom's
+    writer will not convert). RLE, JPEG-LS and JPEG 2000 use pydicom's encoders, and
+    ``encoder_options`` go to them (e.g. ``jls_error`` for near-lossless JPEG-LS).
+    JPEG Lossless is written uncompressed, then re-encoded in place by GDCM (pydicom has
+    no encoder for it).
     """
+    import pydicom
     from pydicom.uid import UID
 
     uid = UID(uid)
-    ds.file_meta.TransferSyntaxUID = UID(WRITE_NAMES["explicit"])
-    if uid in ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"):
-        ds.PixelData = stored.astype("<i2").tobytes()
-        return True
-    if uid == "1.2.840.10008.1.2.2":
-        ds.PixelData = stored.astype(">i2").tobytes()
-    elif uid in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"):
-        ds.PixelData = stored.astype("<i2").tobytes()
-        ds.compress(uid, stored, generate_instance_uid=False)
-    else:
-        ds.PixelData = stored.astype("<i2").tobytes()
-    ds.file_meta.TransferSyntaxUID = uid
-    return False
-
-
-def write_file(path: Path, ds: Any) -> None:
-    """Write ``ds`` in its file meta's transfer syntax (big endian included)."""
-    import pydicom
-
-    ts = ds.file_meta.TransferSyntaxUID
-    if ts == "1.2.840.10008.1.2.2":  # dcmwrite refuses to convert: preamble, meta, body here
+    little = stored.astype(stored.dtype.newbyteorder("<"))
+    if uid == _BIG_ENDIAN:
         from pydicom.filebase import DicomFileLike
         from pydicom.filewriter import write_dataset, write_file_meta_info
 
+        ds.PixelData = stored.astype(stored.dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = uid
         with open(path, "wb") as fh:
             fp = DicomFileLike(fh)
             fp.write(b"\0" * 128 + b"DICM")
             write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
             fp.is_little_endian, fp.is_implicit_VR = False, False
             write_dataset(fp, ds)
+        return
+    ds.PixelData = little.tobytes()
+    if uid in _JPEG_LOSSLESS:
+        ds.file_meta.TransferSyntaxUID = UID(WRITE_NAMES["explicit"])
+    elif uid.is_compressed:
+        ds.compress(uid, stored, generate_instance_uid=False, **encoder_options)
     else:
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        ds.file_meta.TransferSyntaxUID = uid
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    if uid in _JPEG_LOSSLESS:
+        transcode_file(path, uid)
 
 
 def transcode_file(path: Path, uid: str) -> None:
