@@ -177,6 +177,7 @@ def test_batch_without_a_dictionary_equals_enhance_and_has_its_own_config(
     Enhancer(cnn, None, blender) here; and a batch run with a dictionary is another
     configuration (its outputs are not taken for this one's)."""
     from hybrid.batch.manifest import config_key
+    from hybrid.pipeline import default_asset_paths
 
     no_dict = {"cnn": assets["cnn"], "blender": assets["blender"]}
     out = tmp_path / "out"
@@ -188,7 +189,7 @@ def test_batch_without_a_dictionary_equals_enhance_and_has_its_own_config(
     _assert_same_image(hybrid.load(out / Path(series[0]).name).array, expected)
     paths = {k: str(v) for k, v in assets.items()}
     keys = {config_key({**paths, "dictionary": d}, {}, None)
-            for d in (None, paths["dictionary"], "shipped")}
+            for d in (None, paths["dictionary"], str(default_asset_paths()["dictionary"]))}
     assert len(keys) == 3
 
 

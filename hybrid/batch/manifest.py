@@ -88,7 +88,7 @@ def config_key(assets: dict[str, str | None], options: dict[str, Any],
         if name == "dictionary" and not value:  # no dictionary (the default)
             parts[name] = None
             continue
-        path = defaults[name] if not value or str(value) == "shipped" else Path(value)
+        path = Path(value) if value else defaults[name]
         parts[name] = [str(path), stat_digest(path)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -213,9 +213,13 @@ def run_batch(
     if int(threads_per_worker) < 1 or (workers is not None and int(workers) < 1):
         raise ValueError(f"Expected workers and threads_per_worker >= 1; received "
                          f"workers={workers}, threads_per_worker={threads_per_worker}.")
+    from hybrid.pipeline import SHIPPED, default_asset_paths
+
+    if isinstance(dictionary, str) and dictionary == SHIPPED:  # the workers get its folder
+        dictionary = default_asset_paths()["dictionary"]
     assets = {"cnn": cnn, "dictionary": dictionary, "blender": blender}
     for name, value in assets.items():
-        if value is not None and not (name == "dictionary" and str(value) == "shipped"):
+        if value is not None:
             path = Path(value).resolve()
             if not path.exists():
                 raise FileNotFoundError(f"Expected the {name} model at {path}; it does not exist.")
