@@ -7,6 +7,8 @@ SAN 127.0.0.1 and localhost); each side trusts the other's.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import subprocess
 import time
@@ -60,10 +62,21 @@ def _tls_config(tmp_path, certs, *, trusted: str, listener_port: int, orthanc_po
                        "listener": True, "destination": True}, **extra)
 
 
-def _orthanc(tmp_path, certs, node_port):
-    return OrthancServer(tmp_path / "orthanc", modalities={"HYBRID": (node_port, True)},
-                         tls={**certs["orthanc"], "trusted": certs["hybrid"]["certificate"]}
-                         ).start()
+@contextlib.contextmanager
+def _node_beside_orthanc(tmp_path, certs, *, trusted: str):
+    """Orthanc with its DICOM TLS on (trusting the node) and a TLS node trusting
+    ``trusted``'s certificate; (node, orthanc, the node's port)."""
+    port = free_port()
+    orthanc = OrthancServer(tmp_path / "orthanc", modalities={"HYBRID": (port, True)},
+                            tls={**certs["orthanc"], "trusted": certs["hybrid"]["certificate"]}
+                            ).start()
+    try:
+        cfg = _tls_config(tmp_path, certs, trusted=trusted, listener_port=port,
+                          orthanc_port=orthanc.dicom_port)
+        with Node(cfg, enhancer=Counting()) as node:
+            yield node, orthanc, port
+    finally:
+        orthanc.stop(graceful=False)
 
 
 def _orthanc_sends(orthanc, folder: Path):
@@ -80,21 +93,14 @@ def test_tls_both_ways_with_orthanc(tmp_path, certs, serve_log):
     series back over DICOM TLS; each side verified the other's certificate."""
     src = make_uld_series(tmp_path / "uld", seed=61, shape=(2, 64, 64))
     study, series, _ = uids(src)
-    port = free_port()
-    orthanc = _orthanc(tmp_path, certs, port)
-    try:
-        cfg = _tls_config(tmp_path, certs, trusted="orthanc", listener_port=port,
-                          orthanc_port=orthanc.dicom_port)
-        with Node(cfg, enhancer=Counting()) as node:
-            rsp = _orthanc_sends(orthanc, src)
-            assert rsp.ok, rsp.text
-            st = wait_for(lambda: (node.status(series) or {}).get("status") == "done"
-                          and node.status(series), timeout=60, what="delivery over TLS")
+    with _node_beside_orthanc(tmp_path, certs, trusted="orthanc") as (node, orthanc, _):
+        rsp = _orthanc_sends(orthanc, src)
+        assert rsp.ok, rsp.text
+        st = wait_for(lambda: (node.status(series) or {}).get("status") == "done"
+                      and node.status(series), timeout=60, what="delivery over TLS")
         derived = [s for s in orthanc.series_of_study(study)
                    if s["MainDicomTags"]["SeriesInstanceUID"] == st["derived_series_uid"]]
         assert len(derived) == 1 and len(derived[0]["Instances"]) == 2
-    finally:
-        orthanc.stop(graceful=False)
     assert "(DICOM TLS)" in serve_log.text
 
 
@@ -110,38 +116,29 @@ def test_wrong_certificates_are_refused_with_a_clear_log_line(tmp_path, certs, s
 
     src = make_uld_series(tmp_path / "uld", seed=62, shape=(2, 64, 64))
     _, series, _ = uids(src)
-    port = free_port()
-    orthanc = _orthanc(tmp_path, certs, port)
-    try:
-        # the node trusts only the scanner's certificate: Orthanc is not trusted either way
-        cfg = _tls_config(tmp_path, certs, trusted="scanner", listener_port=port,
-                          orthanc_port=orthanc.dicom_port)
-        with Node(cfg, enhancer=Counting()) as node:
-            scanner = TlsConfig(certificate=str(certs["scanner"]["certificate"]),
-                                private_key=str(certs["scanner"]["private_key"]),
-                                trusted_certificates=str(certs["hybrid"]["certificate"]))
-            ae = AE(ae_title="SCANNER")
-            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-            # a sender whose certificate the node trusts (the scanner) gets in ...
-            ok = ae.associate("127.0.0.1", port, ae_title="HYBRID",
-                              tls_args=(client_context(scanner), "127.0.0.1"))
-            assert ok.is_established
-            statuses = [int(ok.send_c_store(pydicom.dcmread(f)).Status)
-                        for f in sorted(src.glob("*.dcm"))]
-            ok.release()
-            assert statuses == [0, 0]
-            # ... Orthanc, whose certificate it does not trust, is refused at the handshake
-            assert not _orthanc_sends(orthanc, src).ok
-            # and the derived series is not sent to an Orthanc it does not trust
-            st = wait_for(lambda: (node.status(series) or {}).get("attempts", 0) >= 1
-                          and node.status(series), timeout=60, what="a failed delivery")
-            assert st["status"] == "outbound"
-            time.sleep(0.2)
-    finally:
-        orthanc.stop(graceful=False)
+    # the node trusts only the scanner's certificate: Orthanc is not trusted either way
+    with _node_beside_orthanc(tmp_path, certs, trusted="scanner") as (node, orthanc, port):
+        scanner = TlsConfig(certificate=str(certs["scanner"]["certificate"]),
+                            private_key=str(certs["scanner"]["private_key"]),
+                            trusted_certificates=str(certs["hybrid"]["certificate"]))
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        # a sender whose certificate the node trusts (the scanner) gets in ...
+        ok = ae.associate("127.0.0.1", port, ae_title="HYBRID",
+                          tls_args=(client_context(scanner), "127.0.0.1"))
+        assert ok.is_established
+        statuses = [int(ok.send_c_store(pydicom.dcmread(f)).Status)
+                    for f in sorted(src.glob("*.dcm"))]
+        ok.release()
+        assert statuses == [0, 0]
+        # ... Orthanc, whose certificate it does not trust, is refused at the handshake
+        assert not _orthanc_sends(orthanc, src).ok
+        # and the derived series is not sent to an Orthanc it does not trust
+        st = wait_for(lambda: (node.status(series) or {}).get("attempts", 0) >= 1
+                      and node.status(series), timeout=60, what="a failed delivery")
+        assert st["status"] == "outbound"
+        time.sleep(0.2)
     text = serve_log.text
-    import re
-
     assert re.search(r"refused a DICOM TLS connection from 127\.0\.0\.1:\d+: certificate verify "
                      r"failed: self-signed certificate", text)
     assert re.search(r"DICOM TLS handshake with 127\.0\.0\.1:\d+ failed: certificate verify "
