@@ -93,6 +93,21 @@ def score_variants(dictionaries: dict, case, cnn_img, cnn_rmse: float,
     return scores
 
 
+def case_row(case, cnn, dictionaries: dict, **extra) -> dict:
+    """One held-out case's row: ``extra``, the reference's own noise, input and CNN RMSE,
+    and :func:`score_variants` of ``dictionaries`` (printed as it is made)."""
+    from hybrid.physics import estimate_noise_hu
+
+    body = case.body_mask
+    out = _cnn_output(cnn, case)
+    row = {"case": case.case_id, **extra,
+           "nd_own_noise_hu": float(estimate_noise_hu(case.nd, mask=body)),
+           "input": _rmse(case.uld.array, case.nd, body), "cnn": _rmse(out, case.nd, body)}
+    row["variants"] = score_variants(dictionaries, case, out, row["cnn"])
+    print(json.dumps(row, indent=1))
+    return row
+
+
 def cell(v: dict[str, float]) -> str:
     """A table cell of :func:`blend_score`: alone / best blend (w, gain)."""
     return (f"{v['alone']:.1f} / {v['blend_at_best_w']:.1f} (w {v['best_w']:.2f}, "
@@ -123,7 +138,6 @@ def main() -> int:
     from hybrid.cnn.infer import CNNPair
     from hybrid.data import iter_cases, load_case
     from hybrid.dictionary import DictionaryConfig, PatchDictionary
-    from hybrid.physics import estimate_noise_hu
     from hybrid.pipeline import default_asset_paths
     from hybrid.recipe import assign_cases, load_split
 
@@ -158,15 +172,7 @@ def main() -> int:
         lo = max(0, nz // 2 - args.slices // 2)
         s = slice(lo, min(nz, lo + args.slices))
         case = load_case(path, slices=s)
-        body = case.body_mask
-        out = _cnn_output(cnn, case)
-        floor = float(estimate_noise_hu(case.nd, mask=body))
-        row = {"case": case.case_id, "slices": [s.start, s.stop], "nd_own_noise_hu": floor,
-               "input": _rmse(case.uld.array, case.nd, body), "cnn": _rmse(out, case.nd, body),
-               "variants": {}}
-        row["variants"] = score_variants(dictionaries, case, out, row["cnn"])
-        rows.append(row)
-        print(json.dumps(row, indent=1))
+        rows.append(case_row(case, cnn, dictionaries, slices=[s.start, s.stop]))
 
     names = list(rows[0]["variants"])
     lines = ["| case (ND own noise) | input | CNN | " + " | ".join(names) + " |",

@@ -23,20 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dictionary_ideas import (  # noqa: E402
-    _cnn_output,
-    _rmse,
-    cell,
-    score_variants,
-    write_results,
-)
+from dictionary_ideas import case_row, cell, write_results  # noqa: E402
 
 TARGETS = {"A0001-L": "sharp", "A0001-B": "standard"}
 SITE_CASE = "thorax"
@@ -78,16 +71,9 @@ def main() -> int:
         full = load_case(paths[target])
         lo = max(0, len(full.nd) // 2 - args.slices // 2)
         case = load_case(paths[target], slices=slice(lo, min(len(full.nd), lo + args.slices)))
-        body = case.body_mask
-        out = _cnn_output(cnn, case)
-        row = {"case": target, "kernel": kernel, "site": f"{SITE_CASE} ({site_kernel} -> {kernel})",
-               "site_nd_noise_hu": float(estimate_noise_hu(nd, mask=site.body_mask)),
-               "nd_own_noise_hu": float(estimate_noise_hu(case.nd, mask=body)),
-               "input": _rmse(case.uld.array, case.nd, body), "cnn": _rmse(out, case.nd, body),
-               "variants": {}}
-        row["variants"] = score_variants(dicts, case, out, row["cnn"])
-        rows.append(row)
-        print(json.dumps(row, indent=1))
+        rows.append(case_row(case, cnn, dicts, kernel=kernel,
+                             site=f"{SITE_CASE} ({site_kernel} -> {kernel})",
+                             site_nd_noise_hu=float(estimate_noise_hu(nd, mask=site.body_mask))))
     names = list(rows[0]["variants"])
     lines = ["| case (ND own noise) | site series | input | CNN | " + " | ".join(names) + " |",
              "|---|---|---:|---:|" + "---:|" * len(names)]
