@@ -144,3 +144,24 @@ def test_a_nearly_full_spool_refuses_a_new_series_with_out_of_resources(tmp_path
         assert not node.spool.inbound_dir(series_b).exists()
         assert node._thread.is_alive()
     assert "spool nearly full" in serve_log.text and "status 0xA700" in serve_log.text
+
+
+def test_spool_usage_counts_a_derived_series_once_across_a_restart(tmp_path):
+    """A derived series written before a restart is counted when the spool is opened, and
+    not again when the node takes it up (the quota would otherwise shrink at each restart)."""
+    import hybrid
+    from hybrid.serve.spool import Spool
+
+    src = make_uld_series(tmp_path / "uld", seed=53, shape=(2, 64, 64))
+    _, series, _ = uids(src)
+    cfg = config(tmp_path, "listener",
+                 listener={"port": 0, "allowed_calling_aets": ["SCANNER"]},
+                 destination={"method": "cstore", "port": free_port()})
+    spool = Spool(cfg.spool)
+    hybrid.save(hybrid.load(src), spool.outbound_dir(series))  # enhanced, not delivered
+    node = Node(cfg, enhancer=Counting())
+    before = node.spool.used_bytes
+    assert before > 0
+    node._enhance(series)
+    assert node.spool.used_bytes == before
+    assert node.status(series)["status"] == "outbound"

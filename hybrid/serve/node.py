@@ -340,6 +340,7 @@ class Node:
                 seconds = time.perf_counter() - t0
                 saved = save(enhanced, out, format="dicom", **save_options(enhanced, "dicom"),
                              transfer_syntax=self.config.destination.transfer_syntax)
+                self.spool.account(out)  # one written before a restart was counted at start
                 log.info("enhanced series %s: %d slice(s) of %dx%d in %.1f s", uid,
                          vol.shape[0], vol.shape[1], vol.shape[2], seconds)
         except Exception as exc:  # bad input: keep it, say why, never loop on it
@@ -347,7 +348,6 @@ class Node:
             log.error("series %s not enhanced (%s: %s); its instances stay in %s", uid,
                       type(exc).__name__, exc, self.spool.inbound_dir(uid))
             return
-        self.spool.account(out)
         self.spool.mark_produced(saved.series_uid)
         self._set(uid, status="outbound", derived_series_uid=saved.series_uid, attempts=0,
                   next_try=0.0, derived_instances=len(saved.files))
