@@ -32,7 +32,7 @@ from hybrid.io.derivation import (
 )
 from hybrid.io.frames import CT_SOP_CLASSES, decoded, frame_pixels, frames_of, is_ct, is_multi_frame
 from hybrid.io.saved import Saved
-from hybrid.io.transfer import decoder_advice
+from hybrid.io.transfer import WRITE_NAMES, decoder_advice
 from hybrid.volume import Provenance, Volume
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ PADDING_HU_BELOW = -1500.0
 UNEVEN_GAP_TOLERANCE = 0.05
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = WRITE_NAMES["explicit"]
+IMPLICIT_VR_LITTLE_ENDIAN = WRITE_NAMES["implicit"]
 #: Transfer syntaxes offered when sending a derived series (C-STORE), in order of preference.
 SEND_TRANSFER_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
