@@ -266,3 +266,29 @@ def test_estimate_survives_very_noisy_slices():
     clean, _, body = _anatomy((1, 160, 160))
     est = estimate_noise(clean + 600 * rng.standard_normal(clean.shape), body)
     assert est.measured.all() and est.sigma_hu[0] == pytest.approx(600, rel=0.15)
+
+
+def test_warm_start_copies_a_plain_model_whatever_the_noise_maps():
+    """A noise-aware model warm-started from a trained plain model of the same layers gives
+    that model's output exactly, for any noise maps (the noise channels start at zero);
+    a source of another width is refused with the shapes named."""
+    from hybrid.cnn.models import build_model, predict_hu
+    from hybrid.cnn.resumable import warm_start
+
+    plain_cfg = CNNConfig(region="body", depth=4, width=8, patch_size=32)
+    plain = build_model(plain_cfg, seed=3)
+    res = plain.get_layer("residual")  # not the identity
+    res.set_weights([0.05 * np.ones(w.shape, np.float32) for w in res.get_weights()])
+    aware_cfg = CNNConfig(region="body", noise_input=True, depth=4, width=8, patch_size=32)
+    aware = build_model(aware_cfg, seed=0)
+    assert warm_start(aware, plain) == ["conv0", "conv1", "conv2", "residual"]
+    x = np.random.default_rng(1).normal(0, 80, (2, 40, 36)).astype(np.float32)
+    want = predict_hu(plain, plain_cfg, x)
+    assert np.abs(want - x).max() > 1.0
+    for maps in ([[0.0, 1.0], [0.0, 1.0]], [[0.9, 0.3], [2.0, 1.5]]):
+        got = predict_hu(aware, aware_cfg, x, noise=np.asarray(maps, np.float32))
+        np.testing.assert_allclose(got, want, atol=1e-3)  # float32 sums in another order
+    wider = build_model(CNNConfig(region="body", noise_input=True, depth=4, width=12,
+                                  patch_size=32), seed=0)
+    with pytest.raises(ValueError, match=r"conv0.*\(3, 3, 1, 8\).*\(3, 3, 3, 12\)"):
+        warm_start(wider, plain)

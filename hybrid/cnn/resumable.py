@@ -28,7 +28,7 @@ from hybrid.cnn.models import HURootMeanSquaredError, build_model, set_threads
 from hybrid.cnn.multidose import MultiDoseSampler, NoiseSource, sources_manifest
 from hybrid.cnn.train import ProgressFigure, TrainResult
 
-__all__ = ["train_noise_aware", "VAL_DOSES", "CHECKPOINT_DIR"]
+__all__ = ["train_noise_aware", "warm_start", "VAL_DOSES", "CHECKPOINT_DIR"]
 
 #: Dose fractions of the fixed monitor patches (RMSE reported per dose).
 VAL_DOSES = (0.005, 0.02, 0.1, 0.25, 1.0)
@@ -99,6 +99,49 @@ def _monitor(model: keras.Model, config: CNNConfig, val: dict[float, tuple]) -> 
     return logs
 
 
+def warm_start(model: keras.Model, source: keras.Model) -> list[str]:
+    """Copy a trained plain model's weights into a noise-aware model of the same layers.
+
+    Every layer of ``model`` with weights takes the weights of ``source``'s layer of the same
+    name.  Where ``model``'s first layer has more input channels (the noise maps of
+    :data:`~hybrid.cnn.config.NOISE_CHANNELS` after the image), the image channel takes the
+    source's kernel and the extra channels start at zero: the warm-started model computes
+    exactly what ``source`` computes, whatever the noise maps, until training moves them.
+
+    Returns the names of the layers copied.  Raises ValueError where a layer is missing
+    from ``source`` or its weights do not fit (another depth, width or kernel size).
+    """
+    copied = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            theirs = source.get_layer(layer.name).get_weights()
+        except ValueError as exc:
+            raise ValueError(f"Cannot warm-start layer {layer.name!r}: the source model "
+                             f"{source.name!r} has no layer of that name.") from exc
+        new = []
+        for mine, other in zip(weights, theirs):
+            if mine.shape == other.shape:
+                new.append(other)
+            elif (mine.ndim == 4 and mine.shape[:2] == other.shape[:2]
+                  and mine.shape[3] == other.shape[3] and mine.shape[2] > other.shape[2]):
+                grown = np.zeros_like(mine)
+                grown[:, :, : other.shape[2], :] = other
+                new.append(grown)
+            else:
+                raise ValueError(f"Cannot warm-start layer {layer.name!r}: weights of shape "
+                                 f"{other.shape} in {source.name!r}, {mine.shape} here. Use a "
+                                 "source of the same depth, width and kernel size.")
+        if len(new) != len(weights):
+            raise ValueError(f"Cannot warm-start layer {layer.name!r}: {len(theirs)} weight "
+                             f"arrays in {source.name!r}, {len(weights)} here.")
+        layer.set_weights(new)
+        copied.append(layer.name)
+    return copied
+
+
 def _save_checkpoint(out: Path, model: keras.Model, state: dict[str, Any]) -> None:
     tmp = out / f".{CHECKPOINT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -163,6 +206,7 @@ def train_noise_aware(
     dtype: str | None = None,
     threads: int | None = None,
     metadata: dict[str, Any] | None = None,
+    init_model: keras.Model | None = None,
     log=None,
 ) -> TrainResult:
     """Train (or resume training) one noise-aware regressor.
@@ -193,6 +237,9 @@ def train_noise_aware(
         TensorFlow CPU threads.
     metadata : dict, optional
         Recorded in the checkpoint's state (command, data).
+    init_model : keras.Model, optional
+        A trained plain model to start from (:func:`warm_start`) instead of random weights;
+        ignored when resuming from a checkpoint.
     log : callable, optional
         ``log(message)`` after every epoch.
 
@@ -220,12 +267,14 @@ def train_noise_aware(
              "seconds": 0.0}
     if resume and (out / CHECKPOINT_DIR / "state.json").is_file():
         state = _load_checkpoint(out, model, config)
+    elif init_model is not None:
+        warm_start(model, init_model)
     state.update(config=config.to_dict(), seed=seed, val_seed=val_seed, epochs=epochs,
                  steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                  sampler_options=json.loads(json.dumps(opts)), metadata=metadata or {},
                  sources=[s.source_id for s in sources],
                  val_sources=[s.source_id for s in val_sources])
-    figure = ProgressFigure(out / "progress.png", title=f"noise-aware {config.region} U-Net")
+    figure = ProgressFigure(out / "progress.png", title=f"noise-aware {config.region} model ({config.architecture})")
     files = {"log": out / "log.csv", "weights": out / "best.weights.h5",
              "figure": out / "progress.png", "config": out / "config.json",
              "checkpoint": out / CHECKPOINT_DIR}
@@ -288,8 +337,9 @@ def train_noise_aware_regions(
     :func:`~hybrid.cnn.multidose.make_sources`), ``val_patches`` (per monitor dose),
     ``stop_after`` (epochs per call, None: all) and the
     :class:`~hybrid.cnn.multidose.MultiDoseSampler` options ``dose_range``,
-    ``clean_fraction``, ``sigma_jitter``, ``weighting``.  Sources are cached under
-    ``work/cache``.
+    ``clean_fraction``, ``sigma_jitter``, ``weighting``; optionally ``warm_start``, a
+    saved plain CNN pair ("shipped": ``hybrid/assets/cnn``) whose models each region starts
+    from (:func:`warm_start`).  Sources are cached under ``work/cache``.
     """
     from hybrid.cnn.multidose import make_sources
 
@@ -297,6 +347,15 @@ def train_noise_aware_regions(
     kernels = tuple(opts.pop("kernels", ("smooth", "standard", "sharp")))
     val_patches = int(opts.pop("val_patches", 64))
     stop_after = opts.pop("stop_after", None)
+    start = opts.pop("warm_start", None)
+    if start is not None:
+        from hybrid.cnn.infer import CNNPair
+
+        if start == "shipped":
+            from hybrid.artifacts import default_asset_paths
+
+            start = default_asset_paths()["cnn"]
+        start = CNNPair.load(start)
     if "dose_range" in opts:
         opts["dose_range"] = tuple(opts["dose_range"])
     cache = Path(work) / "cache"
@@ -310,5 +369,6 @@ def train_noise_aware_regions(
             configs[region], sources, val_sources, out_dir=Path(work) / region,
             epochs=b["epochs"], steps_per_epoch=b["steps_per_epoch"], batch_size=b["batch_size"],
             seed=seed, val_seed=0, val_patches=val_patches, resume=resume, stop_after=stop_after,
-            sampler_options=opts, dtype=dtype, threads=threads, metadata=metadata, log=log)
+            sampler_options=opts, dtype=dtype, threads=threads, metadata=metadata,
+            init_model=None if start is None else getattr(start, f"{region}_model"), log=log)
     return results
