@@ -1,0 +1,98 @@
+"""Issue 16, a diagnosis: what the noise-texture channel does to a noise-aware pair at 2 % dose.
+
+    python experiments/noise_texture_check.py [--pair experiments/checkpoints/noise_aware_warm/model]
+        [--cases pancreas-chest P12 A0001-B] [--dose 0.02] [--data data]
+        [--out experiments/results/noise_texture_check]
+
+A noise-aware model is told two numbers per slice (:data:`hybrid.cnn.config.NOISE_CHANNELS`):
+the noise level and its texture, both estimated from the input
+(:func:`hybrid.cnn.noise.estimate_noise`).  For each case this runs the pair (CNN only,
+whole slices, the 2 central slices) at one simulated dose with the texture as estimated
+and with the texture forced to 0.4 ... 0.9, and reports body RMSE in HU against the
+normal-dose slices.  A diagnosis only: nothing here sets a product setting, and the
+held-out cases (P12, A0001) are read to explain a number already measured on them, not to
+choose one.  Writes ``<out>/results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTURES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _rmse(a, b, m) -> float:
+    d = (np.asarray(a, np.float64) - b)[m]
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", type=Path,
+                    default=ROOT / "experiments" / "checkpoints" / "noise_aware_warm" / "model")
+    ap.add_argument("--cases", nargs="+", default=["pancreas-chest", "P12", "A0001-B"])
+    ap.add_argument("--dose", type=float, default=0.02)
+    ap.add_argument("--data", type=Path, default=ROOT / "data")
+    ap.add_argument("--out", type=Path,
+                    default=ROOT / "experiments" / "results" / "noise_texture_check")
+    args = ap.parse_args(argv)
+    from hybrid.cnn.infer import CNNPair, blend_weight
+    from hybrid.cnn.multidose import noise_scale
+    from hybrid.cnn.noise import estimate_noise
+    from hybrid.data import iter_cases, load_case
+
+    pair = CNNPair.load(args.pair, precision="float32")
+    rows = []
+    for entry, path in iter_cases(args.data):
+        if entry["case_id"] not in args.cases:
+            continue
+        case = load_case(path)
+        z = np.array([len(case.nd) // 2 - 1, len(case.nd) // 2])
+        nd = np.asarray(case.nd[z], np.float32)
+        noise = np.asarray(case.uld.array[z], np.float32) - nd
+        body = np.asarray(case.body_mask[z], bool)
+        w = blend_weight(np.asarray(case.lung_mask[z], bool))
+        a = float(noise_scale(args.dose, float(case.meta["dose_fraction"]),
+                              independent=case.kind == "phantom"))
+        x = (nd + a * noise).astype(np.float32)
+        est = estimate_noise(x)
+        row = {"case": case.case_id, "dose": args.dose, "input": _rmse(x, nd, body),
+               "sigma_hu": est.sigma_hu.round(1).tolist(),
+               "texture": est.texture.round(3).tolist()}
+        for tex in (None, *TEXTURES):
+            t = est.texture if tex is None else np.full_like(est.texture, tex)
+            lung = pair.predict_region("lung", x, noise=(est.sigma_hu, t))
+            bodyp = pair.predict_region("body", x, noise=(est.sigma_hu, t))
+            row["estimated" if tex is None else f"{tex:g}"] = _rmse(
+                w * lung + (1 - w) * bodyp, nd, body)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 1) if isinstance(v, float) and k != "dose" else v)
+                          for k, v in row.items()}), flush=True)
+    cols = ["estimated", *(f"{t:g}" for t in TEXTURES)]
+    lines = ["| case | texture estimated | input | " + " | ".join(
+        f"texture {c}" for c in cols) + " |", "|---|---|---:|" + "---:|" * len(cols)]
+    for r in rows:
+        best = min(cols, key=lambda c: r[c])
+        lines.append(f"| {r['case']} | {' / '.join(f'{t:.2f}' for t in r['texture'])} | "
+                     f"{r['input']:.1f} | " + " | ".join(
+                         (f"**{r[c]:.1f}**" if c == best else f"{r[c]:.1f}") for c in cols) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(
+        {"pair": str(args.pair), "dose": args.dose, "rows": rows}, indent=1) + "\n")
+    (args.out / "results.md").write_text(
+        f"# The noise-texture channel at {100 * args.dose:g} % dose (issue 16, a diagnosis)\n\n"
+        f"Pair `{args.pair.relative_to(ROOT) if args.pair.is_relative_to(ROOT) else args.pair}`,"
+        " CNN only on the 2 central slices, body RMSE in HU against the normal dose; the "
+        "noise level as estimated, the texture as estimated or forced.  Produced by "
+        "`python experiments/noise_texture_check.py`.\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
