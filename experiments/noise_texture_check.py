@@ -11,7 +11,10 @@ whole slices, the 2 central slices) at one simulated dose with the texture as es
 and with the texture forced to 0.4 ... 0.9, and reports body RMSE in HU against the
 normal-dose slices.  A diagnosis only: nothing here sets a product setting, and the
 held-out cases (P12, A0001) are read to explain a number already measured on them, not to
-choose one.  Writes ``<out>/results.json`` and ``results.md``.
+choose one.  It also tabulates the training sources of the noise-aware recipe
+(:func:`hybrid.cnn.multidose.make_sources` of the training cases, every kernel variant): the
+noise the normal-dose *target* itself carries, and its texture, per source.  Writes
+``<out>/results.json`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ def _rmse(a, b, m) -> float:
     return float(np.sqrt(np.mean(d * d)))
 
 
+def source_rows(data: Path, cache: Path | None) -> list[dict]:
+    """Per training source: kernel, slices, the target's own noise (HU) and texture (medians)."""
+    from hybrid import recipe
+    from hybrid.cnn.multidose import make_sources
+    from hybrid.data import iter_cases, load_case
+
+    split = recipe.load_split()
+    skip = set(split.held_out_patients) | set(split.calibration)
+    cases = [load_case(p) for e, p in iter_cases(data) if e["patient_id"] not in skip]
+    rows = []
+    for s in make_sources(cases, kernels=("smooth", "standard", "sharp"), cache_dir=cache):
+        ok = s.var_nd > 0
+        rows.append({"source": s.source_id, "kernel": s.kernel, "slices": len(s.nd),
+                     "target_noise_hu": float(np.sqrt(np.median(s.var_nd[ok]))),
+                     "target_texture": float(np.median(np.sqrt(s.dvar_nd[ok] / 2 / s.var_nd[ok])))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", type=Path,
@@ -40,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "data")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "experiments" / "results" / "noise_texture_check")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="variance cache of a training run, e.g. experiments/runs/warm/cache")
     args = ap.parse_args(argv)
     from hybrid.cnn.infer import CNNPair, blend_weight
     from hybrid.cnn.multidose import noise_scale
@@ -81,9 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['case']} | {' / '.join(f'{t:.2f}' for t in r['texture'])} | "
                      f"{r['input']:.1f} | " + " | ".join(
                          (f"**{r[c]:.1f}**" if c == best else f"{r[c]:.1f}") for c in cols) + " |")
+    sources = source_rows(args.data, args.cache)
+    lines += ["", "Training sources: the noise of the normal-dose target itself (HU, soft tissue, "
+              "median over slices) and its texture.", "",
+              "| source | kernel | slices | target noise HU | target texture |",
+              "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['source']} | {r['kernel']} | {r['slices']} | {r['target_noise_hu']:.1f} | "
+              f"{r['target_texture']:.2f} |" for r in sources]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(
-        {"pair": str(args.pair), "dose": args.dose, "rows": rows}, indent=1) + "\n")
+        {"pair": str(args.pair), "dose": args.dose, "rows": rows, "sources": sources},
+        indent=1) + "\n")
     (args.out / "results.md").write_text(
         f"# The noise-texture channel at {100 * args.dose:g} % dose (issue 16, a diagnosis)\n\n"
         f"Pair `{args.pair.relative_to(ROOT) if args.pair.is_relative_to(ROOT) else args.pair}`,"
