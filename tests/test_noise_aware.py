@@ -259,6 +259,15 @@ def test_recipe_configs_load_and_shipped_is_unchanged():
         body = CNNConfig.from_dict(cfg.cnn.body)
         assert body.noise_input and body.architecture == "unet"
     assert CNNConfig.from_dict(recipe.load_config("noise_aware").cnn.body).receptive_field >= 100
+    from hybrid.artifacts import default_asset_paths
+
+    shipped_body = CNNConfig.from_json(default_asset_paths()["cnn"] / "body.config.json")
+    for name in ("noise_aware_warm", "noise_aware_native", "noise_aware_uniform"):
+        cfg = recipe.load_config(name)  # the warm starts: the shipped layers plus noise maps
+        assert cfg.cnn.noise["warm_start"] == "shipped"
+        body = CNNConfig.from_dict(cfg.cnn.body)
+        assert body.noise_input and body.architecture == "plain"
+        assert (body.depth, body.width) == (shipped_body.depth, shipped_body.width)
 
 
 def test_estimate_survives_very_noisy_slices():
