@@ -30,9 +30,13 @@ import numpy as np
 DOSES = (0.02, 0.1, 0.25, 0.5, 1.0)
 
 
-def _rmse(a, b, m) -> float:
-    d = (np.asarray(a, np.float64) - b)[m]
-    return float(np.sqrt(np.mean(d * d)))
+def central_slices(case) -> tuple[np.ndarray, ...]:
+    """A held-out case's 2 central slices: ``nd``, the stored noise ``uld - nd``, the body
+    and lung masks."""
+    z = np.array([len(case.nd) // 2 - 1, len(case.nd) // 2])
+    nd = np.asarray(case.nd[z], np.float32)
+    return (nd, np.asarray(case.uld.array[z], np.float32) - nd,
+            np.asarray(case.body_mask[z], bool), np.asarray(case.lung_mask[z], bool))
 
 
 def main() -> int:
@@ -44,8 +48,9 @@ def main() -> int:
     from hybrid.blend import Blender, calibrate
     from hybrid.calibration import input_rule_samples
     from hybrid.cnn.infer import CNNPair
-    from hybrid.cnn.multidose import noise_scale
+    from hybrid.cnn.multidose import at_dose
     from hybrid.data import iter_cases, load_case
+    from hybrid.metrics import rmse
     from hybrid.physics import estimate_noise_hu
     from hybrid.pipeline import default_asset_paths
     from hybrid.recipe import load_config, load_split
@@ -68,24 +73,18 @@ def main() -> int:
                                if isinstance(v, float)}, flush=True)
     rows = []
     for case in cases["held_out"]:
-        n = len(case.nd)
-        z = np.array([n // 2 - 1, n // 2])
-        nd = np.asarray(case.nd[z], np.float32)
-        noise = np.asarray(case.uld.array[z], np.float32) - nd
-        body = np.asarray(case.body_mask[z], bool)
-        lung = np.asarray(case.lung_mask[z], bool)
+        nd, noise, body, lung = central_slices(case)
         own = float(estimate_noise_hu(nd, mask=body))
         kernel = case.meta.get("kernel") or "standard"
         f0 = float(case.meta["dose_fraction"])
         for f in DOSES:
-            x = (nd + float(noise_scale(f, f0, independent=case.kind == "phantom")) * noise
-                 ).astype(np.float32)
+            x = at_dose(nd, noise, f, f0, independent=case.kind == "phantom")
             c = cnn.propose(x, lung_mask=lung, body_mask=body)
             inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)
             row = {"case": case.case_id, "dose": f, "own_noise_hu": own,
-                   "input": _rmse(x, nd, body), "cnn": _rmse(c.image, nd, body)}
+                   "input": rmse(x, nd, mask=body), "cnn": rmse(c.image, nd, mask=body)}
             for name, b in fitted.items():
-                row[name] = _rmse(Blender(b.modes).blend(c, inp).image, nd, body)
+                row[name] = rmse(Blender(b.modes).blend(c, inp).image, nd, mask=body)
             rows.append(row)
             print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v)
                               for k, v in row.items()}), flush=True)

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from input_rule_2d import central_slices  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXTURES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def _rmse(a, b, m) -> float:
-    d = (np.asarray(a, np.float64) - b)[m]
-    return float(np.sqrt(np.mean(d * d)))
 
 
 def source_rows(data: Path, cache: Path | None) -> list[dict]:
@@ -65,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="variance cache of a training run, e.g. experiments/runs/warm/cache")
     args = ap.parse_args(argv)
     from hybrid.cnn.infer import CNNPair, blend_weight
-    from hybrid.cnn.multidose import noise_scale
+    from hybrid.cnn.multidose import at_dose
     from hybrid.cnn.noise import estimate_noise
     from hybrid.data import iter_cases, load_case
+    from hybrid.metrics import rmse
 
     pair = CNNPair.load(args.pair, precision="float32")
     rows = []
@@ -75,24 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         if entry["case_id"] not in args.cases:
             continue
         case = load_case(path)
-        z = np.array([len(case.nd) // 2 - 1, len(case.nd) // 2])
-        nd = np.asarray(case.nd[z], np.float32)
-        noise = np.asarray(case.uld.array[z], np.float32) - nd
-        body = np.asarray(case.body_mask[z], bool)
-        w = blend_weight(np.asarray(case.lung_mask[z], bool))
-        a = float(noise_scale(args.dose, float(case.meta["dose_fraction"]),
-                              independent=case.kind == "phantom"))
-        x = (nd + a * noise).astype(np.float32)
+        nd, noise, body, lung_mask = central_slices(case)
+        w = blend_weight(lung_mask)
+        x = at_dose(nd, noise, args.dose, float(case.meta["dose_fraction"]),
+                    independent=case.kind == "phantom")
         est = estimate_noise(x)
-        row = {"case": case.case_id, "dose": args.dose, "input": _rmse(x, nd, body),
+        row = {"case": case.case_id, "dose": args.dose, "input": rmse(x, nd, mask=body),
                "sigma_hu": est.sigma_hu.round(1).tolist(),
                "texture": est.texture.round(3).tolist()}
         for tex in (None, *TEXTURES):
             t = est.texture if tex is None else np.full_like(est.texture, tex)
             lung = pair.predict_region("lung", x, noise=(est.sigma_hu, t))
             bodyp = pair.predict_region("body", x, noise=(est.sigma_hu, t))
-            row["estimated" if tex is None else f"{tex:g}"] = _rmse(
-                w * lung + (1 - w) * bodyp, nd, body)
+            row["estimated" if tex is None else f"{tex:g}"] = rmse(
+                w * lung + (1 - w) * bodyp, nd, mask=body)
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) and k != "dose" else v)
                           for k, v in row.items()}), flush=True)

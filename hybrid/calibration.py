@@ -106,11 +106,11 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
 
     ``cnn`` is the CNN pair's proposal (the rule is fitted over it: the product's default
     path has no dictionary); ``input`` the case at dose ``f`` made from its stored noise
-    realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.noise_scale`);
+    realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.at_dose`);
     one sample per case, kernel variant and dose.
     """
     from hybrid.baselines import InputBaseline
-    from hybrid.cnn.multidose import noise_scale
+    from hybrid.cnn.multidose import at_dose
     from hybrid.lung import segment
 
     samples = []
@@ -121,8 +121,7 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
         body = np.asarray(case.body_mask[z], bool)
         for kernel, nd, noise, independent in _case_variants(case, z):
             for f in doses:
-                x = (nd + float(noise_scale(f, f0, independent=independent)) * noise
-                     ).astype(np.float32)
+                x = at_dose(nd, noise, f, f0, independent=independent)
                 lung = segment(x, spacing=case.uld.spacing, body=body)
                 base = cnn.propose(x, lung_mask=lung).image
                 inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)

@@ -46,7 +46,8 @@ from hybrid.cnn.config import NOISE_CHANNELS
 from hybrid.cnn.noise import slice_noise_variances, tissue_mask
 from hybrid.cnn.sampler import PatchSampler, TrainingPair, _augment
 
-__all__ = ["NoiseSource", "make_sources", "MultiDoseSampler", "DOSE_RANGE", "noise_scale"]
+__all__ = ["NoiseSource", "make_sources", "MultiDoseSampler", "DOSE_RANGE", "noise_scale",
+           "at_dose"]
 
 #: Dose fractions of training patches (log-uniform), before the clean share (f = 1).
 DOSE_RANGE = (0.005, 1.0)
@@ -56,6 +57,13 @@ def noise_scale(f: float | np.ndarray, f0: float, *, independent: bool) -> np.nd
     """Factor taking a realisation of the added noise at dose ``f0`` to dose ``f``."""
     v0 = 1.0 / f0 + 1.0 if independent else 1.0 / f0 - 1.0
     return np.sqrt(np.maximum(1.0 / np.asarray(f, dtype=np.float64) - 1.0, 0.0) / v0)
+
+
+def at_dose(nd: np.ndarray, noise: np.ndarray, f: float, f0: float, *,
+            independent: bool) -> np.ndarray:
+    """The scan at dose ``f`` made from a stored noise realisation at dose ``f0``:
+    ``nd + noise_scale(f, f0) * noise`` in float32 (``nd`` itself at ``f = 1``)."""
+    return (nd + float(noise_scale(f, f0, independent=independent)) * noise).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
