@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_assets_dir", "default_asset_paths", "write_manifest", "read_manifest",
+__all__ = ["default_assets_dir", "default_asset_paths", "missing_shipped_assets", "write_manifest", "read_manifest",
            "digest", "file_digests", "MANIFEST_FILE"]
 
-_ASSET_NAMES = {"cnn": "cnn", "dictionary": "dictionary", "blender": "blend.json"}
+_ASSET_NAMES = {"cnn": "cnn", "dictionary": "dictionary", "blender": "blend.json",
+                "noise_aware": "cnn_noise_aware"}
 
 
 def default_assets_dir() -> Path:
@@ -37,9 +38,22 @@ def default_assets_dir() -> Path:
 
 
 def default_asset_paths() -> dict[str, Path]:
-    """Paths of the shipped ``cnn`` folder, ``dictionary`` folder and ``blender`` JSON."""
+    """Paths of the shipped ``cnn`` folder, ``dictionary`` folder, ``blender`` JSON and
+    ``noise_aware`` CNN pair folder (used only by a blender with that rule)."""
     root = default_assets_dir()
     return {k: root / v for k, v in _ASSET_NAMES.items()}
+
+
+def missing_shipped_assets() -> list[Path]:
+    """The shipped models that are absent: the CNN pair, dictionary and blender, and the
+    noise-aware pair where the shipped blender has a rule for it."""
+    paths = default_asset_paths()
+    need = ["cnn", "dictionary", "blender"]
+    if paths["blender"].is_file():
+        doc = json.loads(paths["blender"].read_text())
+        if "noise_aware" in doc.get("candidates", {}):
+            need.append("noise_aware")
+    return [paths[n] for n in need if not paths[n].exists()]
 
 
 # ---------------------------------------------------------------- the one manifest scheme

@@ -35,7 +35,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibration_samples", "input_rule_samples", "calibrate_blender"]
+__all__ = ["calibration_samples", "input_rule_samples", "noise_aware_rule", "calibrate_blender"]
 
 
 def calibration_samples(cases: Iterable[Any], cnn: Any, dictionary: Any, *,
@@ -101,13 +101,14 @@ def _case_variants(case: Any, z: np.ndarray) -> list[tuple[str, np.ndarray, np.n
 
 
 def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float],
-                       slices_per_case: int) -> list[tuple]:
+                       slices_per_case: int, noise_aware: Any = None) -> list[tuple]:
     """Samples ``(cnn, input, noise_ratio, nd, body)`` for the input rule.
 
     ``cnn`` is the CNN pair's proposal (the rule is fitted over it: the product's default
     path has no dictionary); ``input`` the case at dose ``f`` made from its stored noise
     realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.at_dose`);
-    one sample per case, kernel variant and dose.
+    one sample per case, kernel variant and dose.  With a ``noise_aware`` pair each
+    sample has that pair's proposal as its sixth element (for :func:`noise_aware_rule`).
     """
     from hybrid.baselines import InputBaseline
     from hybrid.cnn.multidose import at_dose
@@ -125,21 +126,51 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
                 lung = segment(x, spacing=case.uld.spacing, body=body)
                 base = cnn.propose(x, lung_mask=lung).image
                 inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)
-                samples.append((base, inp.image, inp.uncertainty, nd, body))
+                sample = (base, inp.image, inp.uncertainty, nd, body)
+                if noise_aware is not None:
+                    sample += (noise_aware.propose(x, lung_mask=lung).image,)
+                samples.append(sample)
             log.info("input rule: case %s (%s kernel), %d doses", case.case_id, kernel, len(doses))
     return samples
 
 
+def noise_aware_rule(samples: Sequence[tuple]) -> tuple[Any, dict[str, Any], list[tuple]]:
+    """Fit the ``"noise_aware"`` rule on :func:`input_rule_samples` with a noise-aware pair.
+
+    The rule weighs the noise-aware pair's proposal against the base pair's by the input's
+    noise ratio, non-increasing (the base pair, trained on ultra-low doses only, is trusted
+    more the noisier the scan).  Returns the rule, its fit (RMSE of the base alone, the
+    noise-aware pair alone and the blend, balanced as :func:`hybrid.blend.calibrate` does)
+    and the input-rule samples with the blend as their base, so that the input rule is
+    fitted over what the blender hands it.
+    """
+    from hybrid.blend import calibrate
+
+    b = calibrate([(base, na, ratio, nd, body) for base, _, ratio, nd, body, na in samples],
+                  candidate="noise_aware", monotone=True)
+    mode = b.modes["noise_aware"]
+    info = dict(b.calibration)
+    info["rmse_base_hu"] = info.pop("rmse_cnn_hu")
+    info["rmse_noise_aware_hu"] = info.pop("rmse_dictionary_hu")
+    over = []
+    for base, inp, ratio, nd, body, na in samples:
+        w = mode.weight(ratio)
+        over.append((w * na + (1.0 - w) * base, inp, ratio, nd, body))
+    return mode, info, over
+
+
 def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
-                      patients: Sequence[str], config: Any):
+                      patients: Sequence[str], config: Any, noise_aware: Any = None):
     """Calibrate the blender on ``cases`` (the calibration patients') with these models.
 
     ``config`` is the :class:`hybrid.recipe.RecipeConfig`.  ``calibration`` records the
     patients, stride, ``include_aug``, the number of sharp variants and (with an
     ``input_rule``) the input rule's doses and fit; ``calibrated_with`` the digests of
     the CNN pair and dictionary (those known: a model never saved nor loaded has none).
-    ``dictionary`` None: no dictionary rule.  The input rule is fitted over the CNN's
-    proposal alone, the product's default path.
+    ``dictionary`` None: no dictionary rule.  ``noise_aware``: a noise-aware CNN pair
+    weighed against ``cnn`` by the noise ratio (:func:`noise_aware_rule`, at the input
+    rule's doses; needs an ``input_rule``).  The input rule is fitted over the CNN's
+    proposal (joined with the noise-aware pair's by its rule), the product's default path.
     """
     from hybrid.blend import Blender, calibrate
 
@@ -161,10 +192,17 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
         modes.update(b.modes)
         calibration.update(b.calibration, patients=list(patients), stride=stage.stride,
                            include_aug=stage.include_aug, sharp_variants=n_sharp)
+    if noise_aware is not None and not stage.input_rule:
+        raise ValueError("Expected the blender's input_rule (its doses) with a noise-aware "
+                         "pair; received none. Add blender.input_rule to the recipe config.")
     if stage.input_rule:
         rule = stage.input_rule
         in_samples = input_rule_samples(cases, cnn, doses=rule["doses"],
-                                        slices_per_case=int(rule["slices_per_case"]))
+                                        slices_per_case=int(rule["slices_per_case"]),
+                                        noise_aware=noise_aware)
+        if noise_aware is not None:
+            modes["noise_aware"], calibration["noise_aware"], in_samples = \
+                noise_aware_rule(in_samples)
         b_in = calibrate(in_samples, candidate="input", monotone=True)
         modes.update(b_in.modes)
         info = dict(b_in.calibration)  # calibrate() names the base "cnn", the candidate "dictionary"
@@ -173,6 +211,7 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
         calibration["input"] = dict(info, doses=list(rule["doses"]),
                                     slices_per_case=int(rule["slices_per_case"]),
                                     samples=len(in_samples))
-    digests = {"cnn": getattr(cnn, "digest", None), "dictionary": getattr(dictionary, "digest", None)}
+    digests = {"cnn": getattr(cnn, "digest", None), "dictionary": getattr(dictionary, "digest", None),
+               "noise_aware": getattr(noise_aware, "digest", None)}
     return Blender(modes, calibration=calibration,
                    calibrated_with={k: v for k, v in digests.items() if v})

@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 #: The smallest slice side (pixels) the segmentation and the dictionary's 7 x 7 patches take.
 MIN_SLICE_PIXELS = 7
 
+#: The noise-aware pair runs on a slice only where its blender rule gives it at least this
+#: weight: elsewhere its share would move the result by under 0.1 % of its difference to
+#: the base pair's (under 0.05 HU at the base's typical 20-50 HU error), not worth a run.
+RUN_WEIGHT = 1e-3
+
 #: The name that asks :class:`Enhancer` for the shipped patch dictionary (``--dictionary shipped``).
 SHIPPED = "shipped"
 
@@ -218,6 +223,13 @@ class Enhancer:
     blender : Blender, path or None
         The calibrated blender (:class:`hybrid.blend.Blender`) or its JSON
         file.  None: the shipped ``hybrid/assets/blend.json``.
+    noise_aware : CNNPair, path or None, keyword-only
+        The noise-aware CNN pair (:class:`hybrid.cnn.infer.CNNPair` with noise maps)
+        the blender's ``"noise_aware"`` rule weighs against the base pair by the
+        input's noise ratio (it restores moderately noisy scans better, the base pair
+        very noisy ones).  None: the shipped ``hybrid/assets/cnn_noise_aware`` if the
+        blender has that rule, else none.  A pair given to a blender without the rule
+        is refused.
     stride : int or (int, int), keyword-only
         Dictionary query grid step in pixels, one for both axes or ``(y,
         x)``; 1 = every pixel; with a dictionary only.  Default: the grid the
@@ -253,6 +265,7 @@ class Enhancer:
         k: int = 1,
         batch_slices: int = 8,
         allow_uncalibrated: bool = False,
+        noise_aware: Any = None,
     ) -> None:
         if not isinstance(batch_slices, (int, np.integer)) or isinstance(batch_slices, bool) \
                 or batch_slices < 1:
@@ -273,6 +286,7 @@ class Enhancer:
         self.blender = self._load_blender(blender, defaults["blender"])
         self.dictionary = self._load_dictionary(dictionary, defaults["dictionary"])
         self.cnn = self._load_cnn(cnn, defaults["cnn"])
+        self.noise_aware = self._load_noise_aware(noise_aware, defaults["noise_aware"])
         self.stride: int | tuple[int, int] | None = None
         if self.dictionary is not None:
             if stride is None:  # the grid the blender was calibrated on (a pair: a JSON list)
@@ -286,13 +300,16 @@ class Enhancer:
             self.dictionary = self.dictionary.with_settings(stride=self.stride, k=self.k)
         self._check_calibrated_with(allow_uncalibrated)
         self.cnn = self.cnn.with_settings(batch_size=self.batch_slices)
+        if self.noise_aware is not None:
+            self.noise_aware = self.noise_aware.with_settings(batch_size=self.batch_slices)
         self._last = threading.local()
 
     def _check_calibrated_with(self, allow: bool) -> None:
         """Refuse models other than those the blender was calibrated with (see hybrid.artifacts)."""
         expected = dict(self.blender.calibrated_with or {})
         given = {"cnn": getattr(self.cnn, "digest", None),
-                 "dictionary": getattr(self.dictionary, "digest", None)}
+                 "dictionary": getattr(self.dictionary, "digest", None),
+                 "noise_aware": getattr(self.noise_aware, "digest", None)}
         wrong = [n for n, d in expected.items() if d and given.get(n) and given[n] != d]
         if wrong and not allow:
             raise ValueError(
@@ -351,7 +368,7 @@ class Enhancer:
         self.sources["dictionary"] = str(path)
         return PatchDictionary.load(path)
 
-    def _load_cnn(self, cnn: Any, default: Path):
+    def _load_cnn(self, cnn: Any, default: Path, role: str = "cnn"):
         if cnn is None:
             if not default.is_dir():
                 raise _missing_defaults([default])
@@ -364,14 +381,29 @@ class Enhancer:
                 )
             from hybrid.cnn.infer import CNNPair
 
-            self.sources["cnn"] = str(path)
+            self.sources[role] = str(path)
             return CNNPair.load(path)
         if not hasattr(cnn, "propose"):
             raise TypeError(
                 f"Expected a hybrid.cnn.infer.CNNPair or its folder; received {type(cnn).__name__}."
             )
-        self.sources["cnn"] = "<in memory>"
+        self.sources[role] = "<in memory>"
         return cnn
+
+    def _load_noise_aware(self, pair: Any, default: Path):
+        """The pair of the blender's "noise_aware" rule (None when it has none)."""
+        has_rule = "noise_aware" in self.blender.modes
+        if pair is None:
+            return self._load_cnn(None, default, "noise_aware") if has_rule else None
+        if not has_rule:
+            raise ValueError(
+                "Expected a blender calibrated with a noise-aware pair (a \"noise_aware\" "
+                f"rule) for argument `noise_aware`; this one has the rules "
+                f"{sorted(self.blender.modes)}. Calibrate it with the pair "
+                "(blender.noise_aware in the recipe config, `make calibrate`), or leave "
+                "`noise_aware` out."
+            )
+        return self._load_cnn(pair, default, "noise_aware")
 
     def __repr__(self) -> str:
         return (
@@ -464,7 +496,6 @@ class Enhancer:
         from tqdm.auto import tqdm
 
         from hybrid.baselines import InputBaseline
-        from hybrid.blend import BlendResult
         from hybrid.cnn.noise import ratio_of, reading
         from hybrid.lung import body_mask, segment
 
@@ -478,8 +509,8 @@ class Enhancer:
             clock = time.perf_counter()
             body = body_mask(arr, spacing=spacing)
             lung = segment(arr, spacing=spacing, body=body)
-            stages = {"segment": time.perf_counter() - clock, "cnn": 0.0, "dictionary": 0.0,
-                      "blend": 0.0}
+            stages = {"segment": time.perf_counter() - clock, "cnn": 0.0, "noise_aware": 0.0,
+                      "dictionary": 0.0, "blend": 0.0}
             out = np.empty(arr.shape, np.float32)
             keep_input = "input" in self.blender.modes
             # once on the whole volume: slices without soft tissue take the volume's median;
@@ -488,45 +519,28 @@ class Enhancer:
                 volume if vol is not None else arr, body)
             ratio = ratio_of(noise_est, kernel)
             input_reading = reading(noise_est, kernel)
-            input_share = [0.0, 0]  # sum of the input's weight inside the body, pixels
+            # per candidate rule: sum of its weight inside the body, pixels
+            shares = {"noise_aware": [0.0, 0], "input": [0.0, 0]}
             with_dict = self.dictionary is not None
             if return_maps:
                 maps = _new_maps(arr.shape, with_dict)
             for start in range(0, nz, self.batch_slices):
                 s = slice(start, min(start + self.batch_slices, nz))
-                x = arr[s]
-                clock = time.perf_counter()
-                bar.set_description("hybrid.enhance: CNN pair")
-                cnn_p = self.cnn.propose(x, lung_mask=lung[s], body_mask=body[s])
-                stages["cnn"] += time.perf_counter() - clock
-                cands = []
-                if with_dict:
-                    clock = time.perf_counter()
-                    bar.set_description("hybrid.enhance: patch dictionary")
-                    dict_p = self.dictionary.propose(x, body_mask=body[s])
-                    stages["dictionary"] += time.perf_counter() - clock
-                    cands.append(dict_p)
-                clock = time.perf_counter()
-                bar.set_description("hybrid.enhance: blend")
-                if keep_input or return_maps:
-                    input_p = InputBaseline.with_ratio(x, ratio[s])
-                    if keep_input:
-                        cands.append(input_p)
-                res = (self.blender.blend(cnn_p, *cands) if cands
-                       else BlendResult(np.asarray(cnn_p.image, np.float32), {}))
+                res, props = self._enhance_batch(arr[s], lung[s], body[s], ratio[s], stages,
+                                                 bar, want_input=keep_input or return_maps)
                 out[s] = res.image
-                if keep_input:
-                    w = np.broadcast_to(res.weights["input"], x.shape)[body[s]]
-                    input_share[0] += float(w.sum())
-                    input_share[1] += w.size
-                stages["blend"] += time.perf_counter() - clock
+                for name in ("noise_aware", "input"):
+                    if name in res.weights:
+                        w = np.broadcast_to(res.weights[name], res.image.shape)[body[s]]
+                        shares[name][0] += float(w.sum())
+                        shares[name][1] += w.size
                 if return_maps:
-                    maps["cnn"][s] = cnn_p.image
+                    maps["cnn"][s] = props["cnn"].image
                     if with_dict:
-                        maps["dictionary"][s] = dict_p.image
-                        maps["distance"][s] = dict_p.uncertainty
+                        maps["dictionary"][s] = props["dictionary"].image
+                        maps["distance"][s] = props["dictionary"].uncertainty
                         maps["dictionary_weight"][s] = res.weights["dictionary"]
-                    maps["noise_ratio"][s] = input_p.uncertainty
+                    maps["noise_ratio"][s] = props["input"].uncertainty
                     if keep_input:
                         maps["input_weight"][s] = res.weights["input"]
                 bar.update(s.stop - s.start)
@@ -537,8 +551,9 @@ class Enhancer:
                 "The models returned non-finite values; the assets may be corrupt. "
                 "Re-create them (make train dictionary)."
             )
-        input_reading["input_weight_body"] = (
-            round(input_share[0] / input_share[1], 3) if input_share[1] else 0.0)
+        for name, (total, n) in shares.items():
+            if name == "input" or self.noise_aware is not None:
+                input_reading[f"{name}_weight_body"] = round(total / n, 3) if n else 0.0
         info = self._info(dose, input_reading, stages, time.perf_counter() - t0)
         step = info["step"]
         self._last.info = info
@@ -553,6 +568,56 @@ class Enhancer:
         sq = (lambda a: a if a is None else a[0]) if two_d else (lambda a: a)
         maps.update(lung_mask=lung, body_mask=body)
         return result, EnhanceMaps(**{k: sq(v) for k, v in maps.items()}, info=info)
+
+    def _enhance_batch(self, x: np.ndarray, lung: np.ndarray, body: np.ndarray,
+                       ratio: np.ndarray, stages: dict[str, float], bar: Any, *,
+                       want_input: bool):
+        """One batch of slices: the proposals and their blend (:meth:`enhance`)."""
+        from hybrid.baselines import InputBaseline
+        from hybrid.blend import BlendResult
+
+        clock = time.perf_counter()
+        bar.set_description("hybrid.enhance: CNN pair")
+        props = {"cnn": self.cnn.propose(x, lung_mask=lung, body_mask=body)}
+        stages["cnn"] += time.perf_counter() - clock
+        cands = []
+        if self.dictionary is not None:
+            clock = time.perf_counter()
+            bar.set_description("hybrid.enhance: patch dictionary")
+            props["dictionary"] = self.dictionary.propose(x, body_mask=body)
+            stages["dictionary"] += time.perf_counter() - clock
+            cands.append(props["dictionary"])
+        if self.noise_aware is not None:
+            clock = time.perf_counter()
+            bar.set_description("hybrid.enhance: noise-aware CNN pair")
+            props["noise_aware"] = self._noise_aware_proposal(x, lung, body, ratio,
+                                                              props["cnn"].image)
+            stages["noise_aware"] += time.perf_counter() - clock
+            cands.append(props["noise_aware"])
+        clock = time.perf_counter()
+        bar.set_description("hybrid.enhance: blend")
+        if want_input:
+            props["input"] = InputBaseline.with_ratio(x, ratio)
+            if "input" in self.blender.modes:
+                cands.append(props["input"])
+        res = (self.blender.blend(props["cnn"], *cands) if cands
+               else BlendResult(np.asarray(props["cnn"].image, np.float32), {}))
+        stages["blend"] += time.perf_counter() - clock
+        return res, props
+
+    def _noise_aware_proposal(self, x, lung, body, ratio, base: np.ndarray):
+        """The noise-aware pair's proposal, run only on the slices whose rule weight
+        reaches :data:`RUN_WEIGHT` (elsewhere the base's image, weighted below that)."""
+        from hybrid.proposal import Proposal
+
+        r = np.asarray(ratio, np.float32).reshape(-1)
+        run = self.blender.modes["noise_aware"].weight(r) >= RUN_WEIGHT
+        image = np.array(base, np.float32, copy=True)
+        if run.any():
+            image[run] = self.noise_aware.propose(x[run], lung_mask=lung[run],
+                                                  body_mask=body[run]).image
+        unc = np.broadcast_to(r[:, None, None], x.shape).copy()
+        return Proposal(image=image, uncertainty=unc, kind="noise_ratio", name="noise_aware")
 
 
 def _new_maps(shape: tuple[int, ...], with_dict: bool) -> dict[str, np.ndarray | None]:

@@ -303,11 +303,11 @@ def test_enhance_real_series_with_shipped_defaults(capsys, tmp_path):
     import pydicom
 
     import hybrid
-    from hybrid.pipeline import default_asset_paths
+    from hybrid.artifacts import missing_shipped_assets
     from tests.conftest import real_series
 
     src = real_series("dcmqi-ct-3slice")
-    if not all(p.exists() for p in default_asset_paths().values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models are absent (hybrid/assets)")
     before = _tree_digest(src)
     out = tmp_path / "enhanced"
@@ -344,11 +344,11 @@ def test_enhance_prints_no_library_chatter_unless_verbose(tmp_path, verbose):
     """`hybrid enhance` on a real series in a fresh process: stderr holds no line from
     TensorFlow, absl, CUDA or oneDNN; with --verbose they come back (this machine has no
     GPU, so TensorFlow always says something at start-up when allowed to)."""
-    from hybrid.pipeline import default_asset_paths
+    from hybrid.artifacts import missing_shipped_assets
     from tests.conftest import real_series
 
     src = real_series("dcmqi-ct-3slice")
-    if not all(p.exists() for p in default_asset_paths().values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models are absent (hybrid/assets)")
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "HYBRID_VERBOSE")}  # as a user's shell has it

@@ -178,3 +178,89 @@ def test_reading_classes_and_kernel_source():
     assert r["noise_hu"] == pytest.approx(2.0 * ref, abs=0.05)
     assert reading(est([2.0]), "smooth")["noise_ratio"] == pytest.approx(
         2.0 * ref / NORMAL_DOSE_SIGMA_HU["smooth"], abs=0.01)
+
+
+class _NeverRun:
+    """A stand-in noise-aware pair that fails if the Enhancer runs it."""
+
+    digest = None
+
+    def with_settings(self, **_):
+        return self
+
+    def propose(self, *a, **k):  # pragma: no cover - the failure being tested for
+        raise AssertionError("the noise-aware pair ran where its rule gives it no weight")
+
+
+def test_enhancer_routes_slices_to_the_noise_aware_pair_by_their_noise_ratio():
+    """Rule "noise_aware" trusted on the quiet slice (ratio below the threshold) and not on
+    the noisy one: the quiet slice is the noise-aware pair's proposal exactly, the noisy
+    one the base pair's; a rule that never trusts it never runs it (the result is the
+    base pair's to the bit); a pair without the rule is refused."""
+    pytest.importorskip("tensorflow")
+    import hybrid
+    from hybrid.blend import Blender, HardMode
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.lung import body_mask, segment
+    from hybrid.phantom import make_patient, scan_phantom
+
+    ph = make_patient(5, shape=(1, 256, 256))
+    x = np.concatenate([scan_phantom(ph, dose_fraction=f, rng=3).array for f in (0.5, 0.02)])
+    before = x.copy()
+    base = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
+                         CNNConfig.for_region("body", depth=3, width=8), seed=0)
+    aware = CNNPair.build(CNNConfig(region="lung", noise_input=True, depth=3, width=8,
+                                    patch_size=32),
+                          CNNConfig(region="body", noise_input=True, depth=3, width=8,
+                                    patch_size=32), seed=1)
+    for m in (aware.lung_model, aware.body_model):  # built as the identity: make it differ
+        last = [layer for layer in m.layers if layer.get_weights()][-1]
+        last.set_weights([0.01 * np.ones(w.shape, np.float32) for w in last.get_weights()])
+    body = body_mask(x)
+    lung = segment(x, body=body)
+    r = noise_ratio(x, body)
+    assert r[0] < r[1]
+    split = float(np.mean(r))
+    routed, maps = hybrid.Enhancer(base, blender=Blender({"noise_aware": HardMode(split),
+                                                          "input": HardMode(-1.0)}),
+                                   noise_aware=aware).enhance(x, return_maps=True,
+                                                              progress=False)
+    np.testing.assert_array_equal(x, before)
+    want_aware = aware.propose(x[:1], lung_mask=lung[:1], body_mask=body[:1]).image[0]
+    want_base = base.propose(x, lung_mask=lung, body_mask=body).image
+    np.testing.assert_allclose(routed[0], want_aware, atol=1e-3)  # HU; float rounding only
+    np.testing.assert_allclose(routed[1], want_base[1], atol=1e-3)
+    assert np.abs(want_aware - want_base[0])[body[0]].mean() > 1.0  # the two pairs differ
+    assert hybrid.Enhancer(base, blender=Blender({"noise_aware": HardMode(split)}),
+                           noise_aware=aware).last_info is None
+    never = hybrid.Enhancer(base, blender=Blender({"noise_aware": HardMode(-1.0),
+                                                   "input": HardMode(-1.0)}),
+                            noise_aware=_NeverRun()).enhance(x, progress=False)
+    np.testing.assert_array_equal(never, maps.cnn)
+    with pytest.raises(ValueError, match="noise_aware"):
+        hybrid.Enhancer(base, blender=Blender({"input": HardMode(1.0)}), noise_aware=aware)
+
+
+def test_noise_aware_rule_trusts_the_pair_where_it_is_better():
+    """Synthetic samples: the noise-aware proposal is exact on quiet samples (ratio 1) and
+    far off on noisy ones (ratio 8), the base the other way round: the fitted rule gives
+    the pair weight > 0.9 at ratio 1 and < 0.1 at 8, never rising with the ratio, and the
+    input-rule samples it returns carry the blend."""
+    from hybrid.calibration import noise_aware_rule
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for ratio in (1.0, 1.5, 2.0, 4.0, 6.0, 8.0):
+        nd = rng.normal(0, 50, (16, 16)).astype(np.float32)
+        err = rng.normal(0, 20, nd.shape).astype(np.float32)
+        quiet = ratio <= 2.0
+        na, base = (nd, nd + err) if quiet else (nd + err, nd)
+        samples.append((base, nd + 2 * err, np.full(nd.shape, ratio, np.float32), nd,
+                        np.ones(nd.shape, bool), na))
+    mode, info, over = noise_aware_rule(samples)
+    w = mode.weight(np.array([1.0, 2.0, 4.0, 8.0], np.float32))
+    assert w[0] > 0.9 and w[-1] < 0.1 and np.all(np.diff(w) <= 1e-6), w
+    assert info["rmse_blend_hu"] < min(info["rmse_base_hu"], info["rmse_noise_aware_hu"])
+    assert len(over) == len(samples) and len(over[0]) == 5
+    np.testing.assert_allclose(over[0][0], samples[0][5], atol=0.1 * 20)  # ~ the pair there

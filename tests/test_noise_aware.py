@@ -98,6 +98,34 @@ def test_rescaled_noise_has_the_requested_sigma(sources):
     assert noise_scale(1.0, 0.02, independent=True) == 0
 
 
+def test_quieter_phantom_targets_keep_the_share_of_their_own_noise(tmp_path):
+    """A phantom's noise-free scan (same blur, no noise) leaves exactly each scan's own
+    noise: the normal dose's and the low dose's are uncorrelated (|r| < 0.05; 10^4 body
+    pixels give a standard error of 0.01).  With ``phantom_noise_scale`` 0.5 the source's
+    target is that scan plus half the normal dose's own noise (to float rounding), its
+    realisations half the low doses' own noise, and a second call reads the cached scan."""
+    from hybrid.data import make_phantom_case, noise_free_scan
+
+    case = make_phantom_case(6, shape=(2, 128, 128))
+    clean = noise_free_scan(case)
+    b = case.body_mask
+    own, low = (case.nd - clean)[b], (case.uld.array - clean)[b]
+    assert abs(np.corrcoef(own, low)[0, 1]) < 0.05
+    # the residual noise of the noise-free scan is 1 % of the normal dose's: own noise is all
+    # there is (2 HU at this 128-pixel size); 2 %: sqrt(50) = 7x the normal dose's noise
+    assert np.std(own) > 1.0 and np.std(low) > 4 * np.std(own)
+    (src,) = make_sources([case], kernels=("smooth",), cache_dir=tmp_path,
+                          phantom_noise_scale=0.5)
+    np.testing.assert_allclose(src.nd - clean, 0.5 * (case.nd - clean), atol=1e-3)
+    np.testing.assert_allclose(src.noise[0], 0.5 * (case.uld.array - clean), atol=1e-3)
+    assert not src.independent and list(tmp_path.glob("clean-P06-*.npy"))
+    (again,) = make_sources([case], kernels=("smooth",), cache_dir=tmp_path,
+                            phantom_noise_scale=0.5)
+    np.testing.assert_array_equal(again.nd, src.nd)
+    with pytest.raises(ValueError, match="phantom_noise_scale"):
+        make_sources([case], phantom_noise_scale=1.5)
+
+
 def test_sampler_batches_are_stateless_and_mix_doses(sources):
     s = MultiDoseSampler(sources, region="body", patch_size=32, seed=5)
     a, b = s.batch(8, epoch=3, step=2), s.batch(8, epoch=3, step=2)

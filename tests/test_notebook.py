@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_notebook_executes(tmp_path):
-    from hybrid.pipeline import default_asset_paths
+    from hybrid.artifacts import missing_shipped_assets
 
-    if not all(p.exists() for p in default_asset_paths().values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models are absent (hybrid/assets)")
     spec = importlib.util.spec_from_file_location("run_notebook", REPO / "experiments" / "run_notebook.py")
     mod = importlib.util.module_from_spec(spec)

@@ -231,9 +231,9 @@ def test_missing_defaults_say_how_to_make_them(monkeypatch, tmp_path):
 
 
 def test_shipped_defaults_enhance_a_phantom_slice():
-    from hybrid.pipeline import default_asset_paths
+    from hybrid.artifacts import missing_shipped_assets
 
-    missing = [str(p) for p in default_asset_paths().values() if not p.exists()]
+    missing = [str(p) for p in missing_shipped_assets()]
     if missing:
         pytest.skip(f"shipped default models absent ({', '.join(missing)}); run `make train dictionary`")
     from hybrid.metrics import rmse
@@ -276,11 +276,12 @@ def test_models_the_blender_was_not_calibrated_with_are_refused(small_assets, tm
 
 
 def test_the_shipped_blender_names_the_shipped_models():
+    from hybrid.artifacts import missing_shipped_assets
     from hybrid.blend import Blender
     from hybrid.pipeline import default_asset_paths
 
     paths = default_asset_paths()
-    if not all(p.exists() for p in paths.values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models absent; run `make train dictionary calibrate`")
     from hybrid.artifacts import read_manifest
 
@@ -296,12 +297,13 @@ def test_the_input_is_described_normal_dose_and_ultra_low_dose():
     A real normal-dose slab (A0001, kernel B, 5 mm) reads as normal-dose noise and keeps
     most of the input; its simulated 2 % dose does not, and keeps little.  Its noise ratio
     is 0.4 at normal dose and 2.9 at 2 %: the first bound (1.6) lies 4x and 0.55x away."""
+    from hybrid.artifacts import missing_shipped_assets
     from hybrid.io.derivation import save_options
     from hybrid.physics import kernel_for, simulate_low_dose
-    from hybrid.pipeline import default_asset_paths, describe_reading
+    from hybrid.pipeline import describe_reading
     from tests.conftest import real_series
 
-    if not all(p.exists() for p in default_asset_paths().values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models are absent (hybrid/assets)")
     vol = hybrid.load(real_series("lung-pet-ct-dx-a0001/kernel-B-5mm"))
     mid = len(vol) // 2

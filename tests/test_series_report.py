@@ -26,11 +26,11 @@ def _chromium() -> str | None:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """`hybrid enhance` of a real 3-slice series with --report, in a fresh process."""
-    from hybrid.pipeline import default_asset_paths
+    from hybrid.artifacts import missing_shipped_assets
     from tests.conftest import real_series
 
     src = real_series("dcmqi-ct-3slice")
-    if not all(p.exists() for p in default_asset_paths().values()):
+    if missing_shipped_assets():
         pytest.skip("shipped default models are absent (hybrid/assets)")
     tmp = tmp_path_factory.mktemp("report")
     page = tmp / "report.html"

@@ -132,26 +132,71 @@ def _cached_variances(key: str, nd, noise, body, cache_dir) -> np.ndarray:
     return v
 
 
+def _quieter_phantom(case: Any, scale: float, cache_dir) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A phantom case whose normal dose carries ``scale`` times its own noise.
+
+    The phantom's noise-free scan ``c`` (:func:`hybrid.data.noise_free_scan`, cached in
+    ``cache_dir``) gives each scan's own noise exactly: ``e = nd - c``, ``e_l = uld - c``.
+    The quieter normal dose is ``c + scale * e`` (the dose ``1 / scale**2`` times higher)
+    and the realisations of its added noise ``scale * e_l`` (variance ``scale**2 / f0``
+    against the wanted ``scale**2 (1/f0 - 1)`` for "not independent": 2 % more at
+    ``f0 = 0.02``, below the estimator's jitter).
+    """
+    from hybrid.data import noise_free_scan
+
+    nd = np.asarray(case.nd, np.float32)
+    key = hashlib.blake2b(np.ascontiguousarray(nd).data, digest_size=8).hexdigest()
+    path = None if cache_dir is None else Path(cache_dir) / f"clean-{case.case_id}-{key}.npy"
+    if path is not None and path.is_file():
+        clean = np.load(path)
+    else:
+        clean = noise_free_scan(case)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, clean)
+            os.replace(tmp, path)
+    s = np.float32(scale)
+    quiet = clean + s * (nd - clean)
+    noise = [s * (np.asarray(x, np.float32) - clean) for x in (case.uld.array, case.uld_aug)]
+    return quiet.astype(np.float32), noise
+
+
 def make_sources(
     cases: Sequence[Any],
     *,
     kernels: Sequence[str] = ("smooth", "standard", "sharp"),
     cache_dir: str | os.PathLike | None = None,
+    phantom_noise_scale: float | None = None,
 ) -> list[NoiseSource]:
     """Noise sources of paired cases (:class:`hybrid.data.PairedCase`) at ``kernels``.
 
     Each case gives one source at its own kernel and, unless its kernel is "smooth", one
     per other kernel in ``kernels`` (``nd`` and the noise re-filtered, see the module
     docstring).  Per-slice variances are cached in ``cache_dir`` (keyed by content).
+
+    ``phantom_noise_scale``: a phantom case's normal dose (the target) carries that share
+    of its own scanner noise (:func:`_quieter_phantom`).  Why: the phantoms' normal dose
+    holds about 20 HU of noise at the standard kernel, a real thin- or thick-slice normal
+    dose 8-11 HU, and a noise-aware model learns to give back the noise its targets hold
+    (``experiments/noise_texture_check.py``).  None: the stored scans as they are.
     """
     from hybrid.physics import convert_kernel
 
+    if phantom_noise_scale is not None and not 0.0 <= float(phantom_noise_scale) <= 1.0:
+        raise ValueError("Invalid value for argument `phantom_noise_scale`. Expected a share "
+                         f"in [0, 1] or None. Received {phantom_noise_scale!r}.")
     out = []
     for case in cases:
         src = case.meta.get("kernel") or "standard"
         nd0 = np.asarray(case.nd, np.float32)
-        noise0 = [np.asarray(case.uld.array, np.float32) - nd0,
-                  np.asarray(case.uld_aug, np.float32) - nd0]
+        independent = case.kind == "phantom"
+        if independent and phantom_noise_scale is not None:
+            nd0, noise0 = _quieter_phantom(case, float(phantom_noise_scale), cache_dir)
+            independent = False  # the realisations are the added noise itself
+        else:
+            noise0 = [np.asarray(case.uld.array, np.float32) - nd0,
+                      np.asarray(case.uld_aug, np.float32) - nd0]
         f0 = (float(case.meta["dose_fraction"]), float(case.meta["aug_dose_fraction"]))
         targets = [src] + [k for k in kernels if k != src and src != "smooth"]
         for k in targets:
@@ -167,7 +212,7 @@ def make_sources(
                                   case.body_mask, cache_dir)
             out.append(NoiseSource(
                 source_id=f"{case.case_id}@{k}", patient_id=case.patient_id, kernel=k, nd=nd,
-                noise=tuple(noise), f0=f0, independent=case.kind == "phantom",
+                noise=tuple(noise), f0=f0, independent=independent,
                 lung_mask=case.lung_mask, body_mask=case.body_mask, var_nd=v[0, 0],
                 dvar_nd=v[0, 1], var_n=v[1:, 0], dvar_n=v[1:, 1]))
     return out

@@ -338,8 +338,8 @@ def train_noise_aware_regions(
     ``stop_after`` (epochs per call, None: all) and the
     :class:`~hybrid.cnn.multidose.MultiDoseSampler` options ``dose_range``,
     ``clean_fraction``, ``sigma_jitter``, ``weighting``; optionally ``warm_start``, a
-    saved plain CNN pair ("shipped": ``hybrid/assets/cnn``) whose models each region starts
-    from (:func:`warm_start`).  Sources are cached under ``work/cache``.
+    saved CNN pair ("shipped": ``hybrid/assets/cnn``) whose models each region starts
+    from (:func:`warm_start`), and ``phantom_noise_scale`` (of ``make_sources``).  Sources are cached under ``work/cache``.
     """
     from hybrid.cnn.multidose import make_sources
 
@@ -348,6 +348,7 @@ def train_noise_aware_regions(
     val_patches = int(opts.pop("val_patches", 64))
     stop_after = opts.pop("stop_after", None)
     start = opts.pop("warm_start", None)
+    phantom_scale = opts.pop("phantom_noise_scale", None)
     if start is not None:
         from hybrid.cnn.infer import CNNPair
 
@@ -359,8 +360,10 @@ def train_noise_aware_regions(
     if "dose_range" in opts:
         opts["dose_range"] = tuple(opts["dose_range"])
     cache = Path(work) / "cache"
-    sources = make_sources(cases, kernels=kernels, cache_dir=cache)
-    val_sources = make_sources(monitor_cases, kernels=kernels, cache_dir=cache)
+    sources = make_sources(cases, kernels=kernels, cache_dir=cache,
+                           phantom_noise_scale=phantom_scale)
+    val_sources = make_sources(monitor_cases, kernels=kernels, cache_dir=cache,
+                               phantom_noise_scale=phantom_scale)
     results = {}
     for region in regions:
         b = budget[region]
