@@ -241,12 +241,16 @@ class BlenderStage:
     """How the blender is calibrated (:mod:`hybrid.calibration`): the dictionary's query
     ``stride`` (N or (Y, X)), each case's other dose (``include_aug``) and sharp variants;
     optionally (``input_rule``: ``{"doses": [...], "slices_per_case": N}``) the rule that
-    gives the input back where it is not noisy, calibrated at those doses."""
+    gives the input back where it is not noisy, calibrated at those doses; optionally
+    (``noise_aware``: "shipped" for ``hybrid/assets/cnn_noise_aware``, or a saved pair's
+    folder) a noise-aware CNN pair the blender weighs against the CNN pair by the noise
+    ratio, at the input rule's doses (:func:`hybrid.calibration.noise_aware_rule`)."""
 
     stride: int | tuple[int, int]
     include_aug: bool
     sharp_variants: bool
     input_rule: dict | None = None
+    noise_aware: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stride, (list, tuple)):
@@ -269,7 +273,8 @@ class RecipeConfig:
         parts = {"cnn": CNNStage, "dictionary": DictionaryStage, "blender": BlenderStage}
         for name, part in parts.items():
             d[name] = part(**_strict(d[name], part, f"{where}, section {name!r}",
-                                     optional={"cnn": ("noise",), "blender": ("input_rule",)}.get(name, ())))
+                                     optional={"cnn": ("noise",),
+                                               "blender": ("input_rule", "noise_aware")}.get(name, ())))
         from hybrid.cnn.config import CNNConfig  # light: no TensorFlow
 
         for region in REGIONS:  # fail at load, not after an hour of training
@@ -293,8 +298,9 @@ class RecipeConfig:
         out = json.loads(json.dumps(dataclasses.asdict(self)))
         if out["cnn"]["noise"] is None:
             del out["cnn"]["noise"]  # the files without it, unchanged
-        if out["blender"]["input_rule"] is None:
-            del out["blender"]["input_rule"]
+        for key in ("input_rule", "noise_aware"):
+            if out["blender"][key] is None:
+                del out["blender"][key]
         return out
 
     def with_cnn(self, **changes: Any) -> RecipeConfig:
@@ -408,6 +414,21 @@ def _kept(keep: Models | None, name: str) -> Any:
     from hybrid.blend import Blender
 
     return Blender.load(path)
+
+
+def _noise_aware_pair(stage: BlenderStage) -> Any:
+    """The noise-aware pair of ``blender.noise_aware`` (None without one)."""
+    if stage.noise_aware is None:
+        return None
+    from hybrid.artifacts import default_asset_paths
+    from hybrid.cnn.infer import CNNPair
+
+    path = (default_asset_paths()["noise_aware"] if stage.noise_aware == "shipped"
+            else Path(stage.noise_aware))
+    if not path.is_dir():
+        raise FileNotFoundError(f"Expected the noise-aware CNN pair of `blender.noise_aware` "
+                                f"({stage.noise_aware!r}) at {path}; it does not exist.")
+    return CNNPair.load(path)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -549,7 +570,8 @@ def train_from_cases(
         if models.dictionary is None:
             models.dictionary = _kept(keep, "dictionary")
         models.blender = calibrate_blender(groups["calibration"], models.cnn, models.dictionary,
-                                           patients=split.calibration, config=config)
+                                           patients=split.calibration, config=config,
+                                           noise_aware=_noise_aware_pair(config.blender))
         if "blender" in paths:
             models.blender.save(paths["blender"])
         models.seconds["blender"] = time.perf_counter() - t

@@ -200,6 +200,39 @@ def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):
         np.atleast_1d(_tiny_config().blender.stride))
 
 
+def test_tiny_recipe_blender_calibrates_a_noise_aware_pair(tiny, tmp_path):
+    """``blender.noise_aware`` names a saved noise-aware pair: the blender gains its rule
+    (between the dictionary's and the input's) and records the pair's digest; the config
+    round-trips with the key; a folder that does not exist is refused, named."""
+    from hybrid.blend import Blender
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+
+    cases, split, models, out = tiny
+    aware = CNNPair.build(CNNConfig(region="lung", noise_input=True, depth=2, width=4,
+                                    patch_size=16),
+                          CNNConfig(region="body", noise_input=True, depth=2, width=4,
+                                    patch_size=32), seed=0)
+    folder = aware.save(tmp_path / "aware")
+    cfg = _tiny_config()
+    cfg = dataclasses.replace(cfg, blender=dataclasses.replace(
+        cfg.blender, noise_aware=str(folder),
+        input_rule={"doses": [0.02, 1.0], "slices_per_case": 1}))
+    assert recipe.RecipeConfig.from_dict(cfg.to_dict()) == cfg
+    assert "noise_aware" not in _tiny_config().to_dict()["blender"]  # files without it unchanged
+    got = recipe.train_from_cases(cases, split=split, config=cfg, stages=("blender",),
+                                  out={"blender": tmp_path / "blend.json"}, keep=models)
+    b = Blender.load(tmp_path / "blend.json")
+    assert list(b.modes)[-2:] == ["noise_aware", "input"]
+    assert b.calibrated_with["noise_aware"] == CNNPair.load(folder).digest
+    assert got.blender.calibration["noise_aware"]["rmse_blend_hu"] > 0
+    missing = dataclasses.replace(cfg, blender=dataclasses.replace(
+        cfg.blender, noise_aware=str(tmp_path / "absent")))
+    with pytest.raises(FileNotFoundError, match="blender.noise_aware"):
+        recipe.train_from_cases(cases, split=split, config=missing, stages=("blender",),
+                                keep=models)
+
+
 def test_stages_and_regions_are_checked():
     with pytest.raises(ValueError, match="stages"):
         recipe.train_from_cases([], stages=("cnn", "fit"))
