@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doses", nargs="+", type=float,
                     default=[0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
     ap.add_argument("--out", type=Path, default=RESULTS / "noise_routed")
+    ap.add_argument("--also-calibrate-on", nargs="*", default=[], metavar="CASE",
+                    help="training cases (never held-out ones) added to the calibration "
+                         "patients' for the blender's rules")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from hybrid.calibration import calibrate_blender
@@ -69,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     split, config = load_split(), load_config("shipped")
-    cases = [load_case(p) for e, p in iter_cases(args.data) if e["patient_id"] in split.calibration]
+    extra = set(args.also_calibrate_on)
+    held = [e["case_id"] for e, _ in iter_cases(args.data)
+            if e["case_id"] in extra and e["patient_id"] in split.held_out_patients]
+    if held:
+        raise SystemExit(f"refused: {held} belong to held-out patients")
+    cases = [load_case(p) for e, p in iter_cases(args.data)
+             if e["patient_id"] in split.calibration or e["case_id"] in extra]
     base = CNNPair.load(ROOT / "hybrid" / "assets" / "cnn")
     na = CNNPair.load(args.pair)
     blender = calibrate_blender(cases, base, None, patients=split.calibration, config=config,
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                        enhancer=enh)
     rows = [{k: r[k] for k in ("case", "dose_fraction", "method", "rmse_hu", "ssim_lung",
                                "ssim_soft_tissue")} for r in sweep["rows"]]
-    result = {"pair": str(args.pair), "rows": rows, "real_pairs": _real_pairs(enh),
+    result = {"pair": str(args.pair), "calibration_cases": [c.case_id for c in cases],
+              "rows": rows, "real_pairs": _real_pairs(enh),
               "calibration": blender.calibration, "seconds": time.perf_counter() - t0}
     (args.out / "noise_routed.json").write_text(json.dumps(result, indent=1) + "\n")
     md = _markdown(result)
@@ -109,7 +119,8 @@ def _markdown(result: dict) -> str:
                                       f"{r['ssim_soft_tissue']:.3f}")
 
     lines = ["# Shipped pair + noise-aware pair, weighed by the noise ratio (issue 16)", "",
-             f"`python experiments/noise_routed.py {result['pair']}`: body RMSE HU (at 100 %: "
+             f"`python experiments/noise_routed.py {result['pair']}`; blender calibrated on "
+             f"{', '.join(result['calibration_cases'])}. Body RMSE HU (at 100 %: "
              "RMS change) / SSIM lung (−600/1500) / SSIM soft tissue (40/400), held-out "
              "patients, 2 central slices; shipped hybrid and BM3D from "
              "`experiments/results/dose_sweep.json` (same inputs, seed 0).", "",
