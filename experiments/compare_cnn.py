@@ -26,23 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _real_pairs(pair) -> dict[str, dict[str, float]]:
-    from hybrid.evaluate.real_pairs import SPACING, _load_pairs, default_real_pairs_dir
-    from hybrid.evaluate.scoring import score_methods
-    from hybrid.lung import body_mask, segment
+    from hybrid.evaluate.real_pairs import SPACING, score_on_pairs
+    from hybrid.lung import segment
 
-    folder = default_real_pairs_dir()
-    if not folder.exists():
-        return {}
-    out = {}
-    for name, p in _load_pairs(folder).items():
-        ld, nd = p["ld"][None], p["nd"][None]
-        body = body_mask(nd, spacing=SPACING)
-        lung = segment(nd, spacing=SPACING, body=body)
-        cnn = pair.propose(ld, lung_mask=segment(ld, spacing=SPACING), body_mask=body).image
-        s = score_methods({"input": ld, "cnn": cnn}, nd, lung, body)
-        out[name] = {m: {k: float(v) for k, v in s[m]["metrics"]["body"].items()}
-                     for m in ("input", "cnn")}
-    return out
+    def restore(ld):
+        return {"cnn": pair.propose(ld.array, lung_mask=segment(ld.array, spacing=SPACING)
+                                    ).image}
+
+    return score_on_pairs(restore)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,25 +30,19 @@ RESULTS = ROOT / "experiments" / "results"
 
 
 def _real_pairs(enh) -> dict[str, dict[str, float]]:
-    from hybrid.evaluate.real_pairs import SPACING, _load_pairs, default_real_pairs_dir
-    from hybrid.evaluate.scoring import score_methods
-    from hybrid.lung import body_mask, segment
-    from hybrid.volume import Volume
+    from hybrid.evaluate.real_pairs import score_on_pairs
 
-    folder = default_real_pairs_dir()
-    if not folder.exists():
-        return {}
-    out = {}
-    for name, p in _load_pairs(folder).items():
-        ld, nd = p["ld"][None], p["nd"][None]
-        body = body_mask(nd, spacing=SPACING)
-        lung = segment(nd, spacing=SPACING, body=body)
-        res = enh.enhance(Volume(ld, SPACING), progress=False)
-        s = score_methods({"input": ld, "hybrid": res.array}, nd, lung, body)
-        out[name] = {m: {k: float(v) for k, v in s[m]["metrics"]["body"].items()}
-                     for m in ("input", "hybrid")}
-        out[name]["weights"] = enh.last_info["input"]
-    return out
+    weights = {}
+
+    def restore(ld):
+        out = {"hybrid": enh.enhance(ld, progress=False).array}
+        weights[len(weights)] = enh.last_info["input"]
+        return out
+
+    scores = score_on_pairs(restore)
+    for i, name in enumerate(scores):
+        scores[name]["weights"] = weights[i]
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doses", nargs="+", type=float,
                     default=[0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
     ap.add_argument("--out", type=Path, default=RESULTS / "noise_routed")
+    ap.add_argument("--strength", type=float, default=1.0,
+                    help="the noise-aware pair's strength setting (CNNPair.with_settings)")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="stop after the calibration (its balanced RMSEs decide a setting "
+                         "on the calibration patients, never on held-out ones)")
     ap.add_argument("--also-calibrate-on", nargs="*", default=[], metavar="CASE",
                     help="training cases (never held-out ones) added to the calibration "
                          "patients' for the blender's rules")
@@ -80,18 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     cases = [load_case(p) for e, p in iter_cases(args.data)
              if e["patient_id"] in split.calibration or e["case_id"] in extra]
     base = CNNPair.load(ROOT / "hybrid" / "assets" / "cnn")
-    na = CNNPair.load(args.pair)
+    na = CNNPair.load(args.pair).with_settings(strength=args.strength)
     blender = calibrate_blender(cases, base, None, patients=split.calibration, config=config,
                                 noise_aware=na)
     args.out.mkdir(parents=True, exist_ok=True)
     blender.save(args.out / "blend.json")
     print("calibrated:", json.dumps({k: blender.calibration[k] for k in ("noise_aware", "input")}))
+    if args.calibrate_only:
+        (args.out / "calibration.json").write_text(json.dumps(
+            {"pair": str(args.pair), "strength": args.strength,
+             "calibration_cases": [c.case_id for c in cases],
+             "calibration": blender.calibration}, indent=1) + "\n")
+        return 0
     enh = Enhancer(cnn=base, blender=blender, noise_aware=na)
     sweep = dose_sweep(args.data, doses=args.doses, methods=("input", "cnn", "hybrid"),
                        enhancer=enh)
     rows = [{k: r[k] for k in ("case", "dose_fraction", "method", "rmse_hu", "ssim_lung",
                                "ssim_soft_tissue")} for r in sweep["rows"]]
-    result = {"pair": str(args.pair), "calibration_cases": [c.case_id for c in cases],
+    result = {"pair": str(args.pair), "strength": args.strength, "calibration_cases": [c.case_id for c in cases],
               "rows": rows, "real_pairs": _real_pairs(enh),
               "calibration": blender.calibration, "seconds": time.perf_counter() - t0}
     (args.out / "noise_routed.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -119,7 +124,8 @@ def _markdown(result: dict) -> str:
                                       f"{r['ssim_soft_tissue']:.3f}")
 
     lines = ["# Shipped pair + noise-aware pair, weighed by the noise ratio (issue 16)", "",
-             f"`python experiments/noise_routed.py {result['pair']}`; blender calibrated on "
+             f"`python experiments/noise_routed.py {result['pair']} --strength "
+             f"{result['strength']:g}`; blender calibrated on "
              f"{', '.join(result['calibration_cases'])}. Body RMSE HU (at 100 %: "
              "RMS change) / SSIM lung (−600/1500) / SSIM soft tissue (40/400), held-out "
              "patients, 2 central slices; shipped hybrid and BM3D from "

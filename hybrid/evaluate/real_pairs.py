@@ -32,7 +32,8 @@ from hybrid.evaluate.tuning import FAST_GRIDS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REAL_PAIRS_METHODS", "TUNE_DOSE", "default_real_pairs_dir", "real_pairs"]
+__all__ = ["REAL_PAIRS_METHODS", "TUNE_DOSE", "default_real_pairs_dir", "real_pairs",
+           "score_on_pairs"]
 
 #: Methods in report order.
 REAL_PAIRS_METHODS = ("input", "gaussian", "nlm", "bm3d", "cnn", "hybrid")
@@ -51,6 +52,35 @@ def default_real_pairs_dir() -> Path:
     import hybrid
 
     return Path(hybrid.__file__).resolve().parents[2] / "shared" / "data" / "real-pairs"
+
+
+def score_on_pairs(restore: Any, folder: str | os.PathLike | None = None
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """Body scores of the input and of what ``restore`` makes of each pair, no baselines
+    (a quick check for experiments; :func:`real_pairs` is the report).
+
+    ``restore(ld)`` takes one pair's low dose as a ``(1, Y, X)`` Volume (spacing
+    :data:`SPACING`) and returns ``{method: image}``.  Scored against ``nd`` inside its body
+    mask, lungs segmented on ``nd``: ``{pair: {method: {rmse_hu, ssim_lung, ...}}}``; empty
+    where the folder (default :func:`default_real_pairs_dir`) is absent.
+    """
+    from hybrid.evaluate.scoring import score_methods
+    from hybrid.lung import body_mask, segment
+    from hybrid.volume import Volume
+
+    folder = Path(folder) if folder is not None else default_real_pairs_dir()
+    if not folder.exists():
+        return {}
+    out = {}
+    for name, p in _load_pairs(folder).items():
+        ld, nd = p["ld"][None], p["nd"][None]
+        body = body_mask(nd, spacing=SPACING)
+        lung = segment(nd, spacing=SPACING, body=body)
+        images = {"input": ld, **restore(Volume(ld, SPACING))}
+        s = score_methods(images, nd, lung, body)
+        out[name] = {m: {k: float(v) for k, v in s[m]["metrics"]["body"].items()}
+                     for m in images}
+    return out
 
 
 def _load_pairs(folder: Path) -> dict[str, dict[str, np.ndarray]]:
