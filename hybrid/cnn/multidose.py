@@ -118,18 +118,24 @@ def _variances(nd: np.ndarray, noise: Sequence[np.ndarray], body: np.ndarray) ->
     return np.where(np.isfinite(out), out, med)
 
 
-def _cached_variances(key: str, nd, noise, body, cache_dir) -> np.ndarray:
+def _cached(cache_dir, name: str, make) -> np.ndarray:
+    """``make()``, or its array from ``cache_dir/name`` when an earlier call saved it there
+    (written atomically; no cache with ``cache_dir`` None)."""
     if cache_dir is None:
-        return _variances(nd, noise, body)
-    path = Path(cache_dir) / f"variances-{key}.npy"
+        return make()
+    path = Path(cache_dir) / name
     if path.is_file():
         return np.load(path)
-    v = _variances(nd, noise, body)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, v)
-    os.replace(tmp, path)
+    from hybrid.io._atomic import atomic_file
+
+    v = make()
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, v)
     return v
+
+
+def _cached_variances(key: str, nd, noise, body, cache_dir) -> np.ndarray:
+    return _cached(cache_dir, f"variances-{key}.npy", lambda: _variances(nd, noise, body))
 
 
 def _quieter_phantom(case: Any, scale: float, cache_dir) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -146,16 +152,7 @@ def _quieter_phantom(case: Any, scale: float, cache_dir) -> tuple[np.ndarray, li
 
     nd = np.asarray(case.nd, np.float32)
     key = hashlib.blake2b(np.ascontiguousarray(nd).data, digest_size=8).hexdigest()
-    path = None if cache_dir is None else Path(cache_dir) / f"clean-{case.case_id}-{key}.npy"
-    if path is not None and path.is_file():
-        clean = np.load(path)
-    else:
-        clean = noise_free_scan(case)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-            np.save(tmp, clean)
-            os.replace(tmp, path)
+    clean = _cached(cache_dir, f"clean-{case.case_id}-{key}.npy", lambda: noise_free_scan(case))
     s = np.float32(scale)
     quiet = clean + s * (nd - clean)
     noise = [s * (np.asarray(x, np.float32) - clean) for x in (case.uld.array, case.uld_aug)]
