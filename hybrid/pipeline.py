@@ -587,17 +587,19 @@ class Enhancer:
             props["dictionary"] = self.dictionary.propose(x, body_mask=body)
             stages["dictionary"] += time.perf_counter() - clock
             cands.append(props["dictionary"])
+        # the input with its per-slice noise ratio broadcast: the maps' and both rules' map
+        inp = InputBaseline.with_ratio(x, ratio) if want_input or self.noise_aware else None
         if self.noise_aware is not None:
             clock = time.perf_counter()
             bar.set_description("hybrid.enhance: noise-aware CNN pair")
-            props["noise_aware"] = self._noise_aware_proposal(x, lung, body, ratio,
+            props["noise_aware"] = self._noise_aware_proposal(x, lung, body, inp.uncertainty,
                                                               props["cnn"].image)
             stages["noise_aware"] += time.perf_counter() - clock
             cands.append(props["noise_aware"])
         clock = time.perf_counter()
         bar.set_description("hybrid.enhance: blend")
         if want_input:
-            props["input"] = InputBaseline.with_ratio(x, ratio)
+            props["input"] = inp
             if "input" in self.blender.modes:
                 cands.append(props["input"])
         res = (self.blender.blend(props["cnn"], *cands) if cands
@@ -605,19 +607,19 @@ class Enhancer:
         stages["blend"] += time.perf_counter() - clock
         return res, props
 
-    def _noise_aware_proposal(self, x, lung, body, ratio, base: np.ndarray):
+    def _noise_aware_proposal(self, x, lung, body, ratio_map: np.ndarray, base: np.ndarray):
         """The noise-aware pair's proposal, run only on the slices whose rule weight
-        reaches :data:`RUN_WEIGHT` (elsewhere the base's image, weighted below that)."""
+        reaches :data:`RUN_WEIGHT` (elsewhere the base's image, weighted below that);
+        ``ratio_map`` is the per-slice noise ratio broadcast over each slice."""
         from hybrid.proposal import Proposal
 
-        r = np.asarray(ratio, np.float32).reshape(-1)
-        run = self.blender.modes["noise_aware"].weight(r) >= RUN_WEIGHT
+        run = self.blender.modes["noise_aware"].weight(ratio_map[:, 0, 0]) >= RUN_WEIGHT
         image = np.array(base, np.float32, copy=True)
         if run.any():
             image[run] = self.noise_aware.propose(x[run], lung_mask=lung[run],
                                                   body_mask=body[run]).image
-        unc = np.broadcast_to(r[:, None, None], x.shape).copy()
-        return Proposal(image=image, uncertainty=unc, kind="noise_ratio", name="noise_aware")
+        return Proposal(image=image, uncertainty=ratio_map, kind="noise_ratio",
+                        name="noise_aware")
 
 
 def _new_maps(shape: tuple[int, ...], with_dict: bool) -> dict[str, np.ndarray | None]:
