@@ -56,6 +56,9 @@ _WINDOW = 7
 _MIN_PATCHES = 200
 #: Gaussian smoothing (pixels) of the soft-tissue selection, tried in turn.
 _SMOOTHING = (2.0, 5.0)
+#: How far the widest of those Gaussians reaches (scipy's radius at truncate 4, plus one):
+#: the soft tissue inside a body mask, computed on the mask's box grown by this, is exact.
+_GAUSS_REACH = int(4.0 * max(_SMOOTHING) + 0.5) + 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +165,7 @@ def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
     >>> np.round(est.sigma_hu), est.kernel_class
     (array([20., 20.]), ('sharp', 'sharp'))
     """
-    from hybrid.volume import Volume
+    from hybrid.volume import Volume, grown_bbox
 
     arr = np.asarray(image.array if isinstance(image, Volume) else image, dtype=np.float32)
     if arr.ndim not in (2, 3):
@@ -182,9 +185,15 @@ def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
     var = np.full(len(vol), np.nan)
     dvar = np.full(len(vol), np.nan)
     for k in range(len(vol)):
+        img, m = vol[k], None if mask is None else mask[k]
+        if m is not None:  # measured only in the body: work on its box (the same numbers)
+            box = grown_bbox(m, _GAUSS_REACH)
+            if box is None:
+                continue
+            img, m = img[box], m[box]
         for smoothing in _SMOOTHING:  # stronger where noise hides the tissue (< 1 % dose)
-            t = tissue_mask(vol[k], None if mask is None else mask[k], smoothing=smoothing)
-            v, dv, n = slice_noise_variances(vol[k], t)
+            t = tissue_mask(img, m, smoothing=smoothing)
+            v, dv, n = slice_noise_variances(img, t)
             if n >= _MIN_PATCHES:
                 var[k], dvar[k] = v, dv
                 break
