@@ -47,7 +47,9 @@ def _real_pairs(enh) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pair", type=Path, help="the noise-aware CNN pair folder (CNNPair.save)")
+    ap.add_argument("pair", type=Path, nargs="?",
+                    help="the noise-aware CNN pair folder (CNNPair.save); omitted: the shipped "
+                         "pair alone (only the input rule is calibrated)")
     ap.add_argument("--data", type=Path, default=ROOT / "data")
     ap.add_argument("--doses", nargs="+", type=float,
                     default=[0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
@@ -79,15 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     cases = [load_case(p) for e, p in iter_cases(args.data)
              if e["patient_id"] in split.calibration or e["case_id"] in extra]
     base = CNNPair.load(ROOT / "hybrid" / "assets" / "cnn")
-    na = CNNPair.load(args.pair).with_settings(strength=args.strength)
+    na = (None if args.pair is None
+          else CNNPair.load(args.pair).with_settings(strength=args.strength))
     blender = calibrate_blender(cases, base, None, patients=split.calibration, config=config,
                                 noise_aware=na)
     args.out.mkdir(parents=True, exist_ok=True)
     blender.save(args.out / "blend.json")
-    print("calibrated:", json.dumps({k: blender.calibration[k] for k in ("noise_aware", "input")}))
+    print("calibrated:", json.dumps({k: blender.calibration.get(k) for k in ("noise_aware", "input")}))
     if args.calibrate_only:
         (args.out / "calibration.json").write_text(json.dumps(
-            {"pair": str(args.pair), "strength": args.strength,
+            {"pair": None if args.pair is None else str(args.pair), "strength": args.strength,
              "calibration_cases": [c.case_id for c in cases],
              "calibration": blender.calibration}, indent=1) + "\n")
         return 0
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                        enhancer=enh)
     rows = [{k: r[k] for k in ("case", "dose_fraction", "method", "rmse_hu", "ssim_lung",
                                "ssim_soft_tissue")} for r in sweep["rows"]]
-    result = {"pair": str(args.pair), "strength": args.strength, "calibration_cases": [c.case_id for c in cases],
+    result = {"pair": None if args.pair is None else str(args.pair), "strength": args.strength,
+              "command": " ".join(argv if argv is not None else sys.argv[1:]),
+              "calibration_cases": [c.case_id for c in cases],
               "rows": rows, "real_pairs": _real_pairs(enh),
               "calibration": blender.calibration, "seconds": time.perf_counter() - t0}
     (args.out / "noise_routed.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -123,14 +128,16 @@ def _markdown(result: dict) -> str:
         return "–" if r is None else (f"{r['rmse_hu']:.1f} / {r['ssim_lung']:.3f} / "
                                       f"{r['ssim_soft_tissue']:.3f}")
 
-    lines = ["# Shipped pair + noise-aware pair, weighed by the noise ratio (issue 16)", "",
-             f"`python experiments/noise_routed.py {result['pair']} --strength "
-             f"{result['strength']:g}`; blender calibrated on "
+    command = result.get("command") or f"{result['pair']} --strength {result['strength']:g}"
+    title = ("Shipped pair + noise-aware pair, weighed by the noise ratio" if result["pair"]
+             else "Shipped pair, input rule calibrated on other patients")
+    lines = [f"# {title} (issue 16)", "",
+             f"`python experiments/noise_routed.py {command}`; blender calibrated on "
              f"{', '.join(result['calibration_cases'])}. Body RMSE HU (at 100 %: "
              "RMS change) / SSIM lung (−600/1500) / SSIM soft tissue (40/400), held-out "
              "patients, 2 central slices; shipped hybrid and BM3D from "
              "`experiments/results/dose_sweep.json` (same inputs, seed 0).", "",
-             "| case | dose | input | shipped hybrid | BM3D | **routed hybrid** | gate |",
+             "| case | dose | input | shipped hybrid | BM3D | **this variant** | gate |",
              "|---|---:|---:|---:|---:|---:|---|"]
     keys = sorted({(r["case"], r["dose_fraction"]) for r in result["rows"]},
                   key=lambda t: (t[1], t[0]))
