@@ -165,6 +165,7 @@ def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
     >>> np.round(est.sigma_hu), est.kernel_class
     (array([20., 20.]), ('sharp', 'sharp'))
     """
+    from hybrid._parallel import thread_map
     from hybrid.volume import Volume, grown_bbox
 
     arr = np.asarray(image.array if isinstance(image, Volume) else image, dtype=np.float32)
@@ -184,19 +185,22 @@ def estimate_noise(image: Any, body_mask: Any = None) -> NoiseEstimate:
         mask = mask[None] if arr.ndim == 2 else mask
     var = np.full(len(vol), np.nan)
     dvar = np.full(len(vol), np.nan)
-    for k in range(len(vol)):
+
+    def one(k: int) -> None:  # slices are independent: on threads (scipy releases the GIL)
         img, m = vol[k], None if mask is None else mask[k]
         if m is not None:  # measured only in the body: work on its box (the same numbers)
             box = grown_bbox(m, _GAUSS_REACH)
             if box is None:
-                continue
+                return
             img, m = img[box], m[box]
         for smoothing in _SMOOTHING:  # stronger where noise hides the tissue (< 1 % dose)
             t = tissue_mask(img, m, smoothing=smoothing)
             v, dv, n = slice_noise_variances(img, t)
             if n >= _MIN_PATCHES:
                 var[k], dvar[k] = v, dv
-                break
+                return
+
+    thread_map(one, range(len(vol)))
     return _estimate_from_variances(var, dvar)
 
 
