@@ -12,7 +12,11 @@ inputs the teacher was trained on (its ``training_cases``, nominal 2 % and aug 1
 dose), monitored on the calibration patients (also the teacher's training cases).  No
 held-out patient is touched.  ``--init`` starts from weights of the same architecture (a
 model trained on the normal dose, e.g. the abandoned 9-epoch run of
-``train_default.py --config blind_shuffle``).
+``train_default.py --config blind_shuffle``), or ``--init prune``: a plain student of the
+teacher's depth and fewer filters starts as the teacher with, in each layer, the filters
+that carry the most signal (mean activation on the training inputs times the weight the
+next layer gives them) kept and the others cut.  ``--student`` is a recipe config (its
+``recipe.cnn.body``) or a CNN config JSON.
 
 Writes ``<work>/model`` (a CNN pair: the shipped lung model and the student as body),
 ``<work>/body`` (log, best weights, progress figure) and ``<work>/command.json``.
@@ -40,10 +44,35 @@ def _teacher_targets(pair, arr, body):
     return pair._run_boxes("body", arr, boxes, flip=False)
 
 
+def _pruned_weights(teacher_model, student, slices):
+    """Weights for ``student`` (plain, the teacher's depth, fewer filters): the teacher's
+    most used filters of each layer (see the module docstring)."""
+    import numpy as np
+
+    from hybrid.cnn._tf import keras
+
+    convs = [lay for lay in teacher_model.layers if isinstance(lay, keras.layers.Conv2D)]
+    acts = keras.Model(teacher_model.input, [c.output for c in convs[:-1]])(slices[..., None])
+    keep_in = np.arange(1)
+    for i, (conv, target) in enumerate(zip(convs, [lay for lay in student.layers
+                                                   if isinstance(lay, keras.layers.Conv2D)])):
+        k, b = conv.get_weights()
+        n_out = target.get_weights()[0].shape[-1]
+        if i < len(convs) - 1:
+            energy = np.maximum(np.asarray(acts[i]), 0).mean(axis=(0, 1, 2))
+            nxt = np.sqrt((convs[i + 1].get_weights()[0] ** 2).sum(axis=(0, 1, 3)))
+            keep_out = np.sort(np.argsort(energy * nxt)[::-1][:n_out])
+        else:
+            keep_out = np.arange(k.shape[-1])
+        target.set_weights([k[:, :, keep_in][..., keep_out], b[keep_out]])
+        keep_in = keep_out
+    return student.get_weights()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", type=Path, default=ROOT / "experiments/configs/blind_shuffle.json")
-    ap.add_argument("--init", type=Path, help="initial student weights (same architecture)")
+    ap.add_argument("--init", help="initial student weights (same architecture), or 'prune'")
     ap.add_argument("--data", type=Path, default=ROOT / "data")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--steps", type=int, default=250)
@@ -54,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    import numpy as np
     from tqdm.auto import tqdm
 
     from hybrid.cnn._tf import keras
@@ -68,7 +98,8 @@ def main(argv=None) -> int:
     teacher = CNNPair.load(ROOT / "hybrid/assets/cnn")
     seen = set(teacher.metadata["training_cases"])
     split = load_split()
-    student_cfg = json.loads(args.student.read_text())["recipe"]["cnn"]["body"]
+    student_cfg = json.loads(args.student.read_text())
+    student_cfg = student_cfg["recipe"]["cnn"]["body"] if "recipe" in student_cfg else student_cfg
     if args.lr is not None:
         student_cfg = dict(student_cfg, learning_rate=args.lr)
     config = CNNConfig.from_dict(student_cfg)
@@ -85,10 +116,23 @@ def main(argv=None) -> int:
             if e["patient_id"] in split.calibration and not tag:  # as the recipe monitors
                 monitor.append(p)
     init = args.init
+    if init == "prune":  # the teacher's most used filters, on the first training slices
+        from hybrid.cnn.models import build_model
+
+        x = config.normalize(np.concatenate([p.uld[len(p.uld) // 2:][:2] for p in pairs[:8]]))
+        x = x[:, 96:416, 96:416]  # central 320 x 320: the body
+        student = build_model(config)
+        pruned = _pruned_weights(teacher.body_model, student, x)
+        gap = np.sqrt(np.mean((np.asarray(student(x[..., None]))
+                               - np.asarray(teacher.body_model(x[..., None]))) ** 2))
+        print(f"pruned start: RMSE {gap * config.hu_per_unit:.1f} HU from the teacher on "
+              f"{len(x)} training slices", flush=True)
 
     class _Init(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            if init is not None:
+            if init == "prune":
+                self.model.set_weights(pruned)
+            elif init is not None:
                 self.model.load_weights(str(init))
 
     args.work.mkdir(parents=True, exist_ok=True)
