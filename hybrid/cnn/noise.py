@@ -56,9 +56,11 @@ _WINDOW = 7
 _MIN_PATCHES = 200
 #: Gaussian smoothing (pixels) of the soft-tissue selection, tried in turn.
 _SMOOTHING = (2.0, 5.0)
-#: How far the widest of those Gaussians reaches (scipy's radius at truncate 4, plus one):
-#: the soft tissue inside a body mask, computed on the mask's box grown by this, is exact.
-_GAUSS_REACH = int(4.0 * max(_SMOOTHING) + 0.5) + 1
+#: Their truncation (in standard deviations), and how far the widest reaches (scipy's
+#: radius, plus one): the soft tissue inside a body mask, computed on the mask's box grown
+#: by this, is exact.
+_TRUNCATE = 4.0
+_GAUSS_REACH = int(_TRUNCATE * max(_SMOOTHING) + 0.5) + 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +140,8 @@ def tissue_mask(
 
     from hybrid.physics.estimate import SOFT_TISSUE_HU
 
-    smooth = ndimage.gaussian_filter(np.asarray(image2d, dtype=np.float32), smoothing)
+    smooth = ndimage.gaussian_filter(np.asarray(image2d, dtype=np.float32), smoothing,
+                                     truncate=_TRUNCATE)
     m = (smooth >= SOFT_TISSUE_HU[0]) & (smooth <= SOFT_TISSUE_HU[1])
     return m if body_mask2d is None else m & body_mask2d
 
