@@ -36,8 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _teacher_targets(pair, arr, body):
-    """The shipped body model's restoration of ``arr`` (HU) as the product runs it: on each
-    slice's body box grown by 16 pixels (beyond it, the input lightly smoothed)."""
+    """The shipped body model's restoration of ``arr`` (HU) on each slice's body box grown
+    by 16 pixels, beyond its 10-pixel receptive-field reach, so inside the body it is what
+    the product computes (the product grows the box by 20 for the lung model's reach);
+    beyond the box, the input lightly smoothed, as in the product."""
     from hybrid.cnn.infer import _grid_box
 
     boxes = [_grid_box(plane, 16, 1) for plane in body]
@@ -51,11 +53,13 @@ def _pruned_weights(teacher_model, student, slices):
 
     from hybrid.cnn._tf import keras
 
-    convs = [lay for lay in teacher_model.layers if isinstance(lay, keras.layers.Conv2D)]
+    def convs_of(model):
+        return [lay for lay in model.layers if isinstance(lay, keras.layers.Conv2D)]
+
+    convs = convs_of(teacher_model)
     acts = keras.Model(teacher_model.input, [c.output for c in convs[:-1]])(slices[..., None])
     keep_in = np.arange(1)
-    for i, (conv, target) in enumerate(zip(convs, [lay for lay in student.layers
-                                                   if isinstance(lay, keras.layers.Conv2D)])):
+    for i, (conv, target) in enumerate(zip(convs, convs_of(student))):
         k, b = conv.get_weights()
         n_out = target.get_weights()[0].shape[-1]
         if i < len(convs) - 1:

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     base = CNNPair.load(ROOT / "hybrid" / "assets" / "cnn")
     na = (None if args.pair is None
           else CNNPair.load(args.pair).with_settings(strength=args.strength))
+    pair_name = None if args.pair is None else str(args.pair)
     blender = calibrate_blender(cases, base, None, patients=split.calibration, config=config,
                                 noise_aware=na)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print("calibrated:", json.dumps({k: blender.calibration.get(k) for k in ("noise_aware", "input")}))
     if args.calibrate_only:
         (args.out / "calibration.json").write_text(json.dumps(
-            {"pair": None if args.pair is None else str(args.pair), "strength": args.strength,
+            {"pair": pair_name, "strength": args.strength,
              "calibration_cases": [c.case_id for c in cases],
              "calibration": blender.calibration}, indent=1) + "\n")
         return 0
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                        enhancer=enh)
     rows = [{k: r[k] for k in ("case", "dose_fraction", "method", "rmse_hu", "ssim_lung",
                                "ssim_soft_tissue")} for r in sweep["rows"]]
-    result = {"pair": None if args.pair is None else str(args.pair), "strength": args.strength,
+    result = {"pair": pair_name, "strength": args.strength,
               "command": " ".join(argv if argv is not None else sys.argv[1:]),
               "calibration_cases": [c.case_id for c in cases],
               "rows": rows, "real_pairs": _real_pairs(enh),
