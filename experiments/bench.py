@@ -137,6 +137,7 @@ def _child(n: int, cache: Path, dictionary: bool = False) -> dict:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rmse_body_hu": float(rmse(out.array, nd, mask=body)),
         "rmse_input_hu": float(rmse(vol.array, nd, mask=body)),
+        "cnn_precision": enh.cnn.active_precision,
         "stride": enh.stride,
         "search_params": enh.dictionary.meta.get("search_params") if dictionary else None,
     }
@@ -245,8 +246,10 @@ def _references(cache: Path, n: int = 16) -> dict:
 
 def _markdown(res: dict) -> str:
     rows = res["sizes"]
+    precision = sorted({r.get("cnn_precision", "?") for r in rows})
     lines = [
-        f"`make bench`, {res['date']}, {res['machine']}; volume: {res['references']['what']}.",
+        f"`make bench`, {res['date']}, {res['machine']}, CNN in {' / '.join(precision)}; "
+        f"volume: {res['references']['what']}.",
         "",
         "| slices | load | segment | CNN | dictionary | blend | **hybrid** | write | slices/s | peak RSS | RMSE body (input) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
