@@ -78,10 +78,11 @@ notebook: setup
 # ---------------------------------------------------------------- cross-validation
 # Leave-one-patient-out CV of the hybrid and the tuned baselines (hybrid/evaluate/cv.py), needs
 # `make data`.  Results: experiments/results/cv/ (FAST=1: a smoke run, 2 phantom + 1 real fold
-# with tiny budgets, into experiments/results/cv/fast/).  Resumes an interrupted run.
+# with tiny budgets, into experiments/results/cv/fast/).  Resumes an interrupted run of the same
+# settings; FRESH=1 starts afresh (needed after the recipe or the shipped CNN configurations change).
 .PHONY: cv
 cv: setup
-	$(PY) -m hybrid.evaluate cv $(if $(filter 1,$(FAST)),--fast,)
+	$(PY) -m hybrid.evaluate cv $(if $(filter 1,$(FAST)),--fast,) $(if $(filter 1,$(FRESH)),--no-resume,)
 
 # ---------------------------------------------------------------- the gate
 # `make dose-sweep`: 1–100 % simulated dose on the held-out patients (hybrid/evaluate/dose_sweep.py),

@@ -160,6 +160,13 @@ def test_cross_validate_fast_end_to_end(tiny, tmp_path):
     assert len(again) == len(rows)
     assert len(json.loads((tmp_path / "cv_folds.json").read_text())["folds"]) == 1
     assert not (tmp_path / "work").exists()  # training folders go to a temporary folder
+    # resume with other settings (another CNN patch size): refused, nothing written
+    before = (tmp_path / "cv_results.csv").read_bytes()
+    with pytest.raises(ValueError, match="other settings.*cnn_configs.*--no-resume"):
+        ev.cross_validate(tiny, tmp_path, sets=("phantom",), max_folds=1, baselines=("gaussian",),
+                          settings="cv-fast", config=config.with_cnn(patch_sizes=(16, 48)),
+                          figures=False)
+    assert (tmp_path / "cv_results.csv").read_bytes() == before
 
 
 def test_tune_baselines_extends_a_grid_whose_best_is_its_largest():

@@ -31,6 +31,7 @@ from hybrid.evaluate.cases import _case_path, _entries, central_slices
 from hybrid.evaluate.figures import _boxplots, _example_figure
 from hybrid.evaluate.report import (
     _git_revision,
+    _json_default,
     _read_csv,
     _write_csv,
     _write_info,
@@ -356,6 +357,8 @@ def cross_validate(
     csv_path, info_path = out / "cv_results.csv", out / "cv_folds.json"
     rows = _read_csv(csv_path) if resume else []
     infos = json.loads(info_path.read_text()).get("folds", []) if resume and info_path.exists() else []
+    if rows:
+        _check_resumable(info_path, _record(config, cv))
     import tempfile
 
     tmp_work = None
@@ -395,8 +398,27 @@ def _run_fold_isolated(args: tuple, kwargs: dict) -> tuple:
 
 
 def _record(config: RecipeConfig, cv: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a run as its fold log and summary record them."""
-    return {"recipe": config.to_dict(), "cv": dict(cv)}
+    """The settings of a run as its fold log and summary record them, with the CNN
+    configurations the folds train (the shipped pair's where the recipe names none)."""
+    from hybrid.recipe import _cnn_configs
+
+    cnn = {region: c.to_dict() for region, c in _cnn_configs(config.cnn).items()}
+    return json.loads(json.dumps({"recipe": config.to_dict(), "cv": dict(cv), "cnn_configs": cnn},
+                                 default=_json_default))
+
+
+def _check_resumable(info_path: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to resume into ``info_path``'s run when it was made with other settings: its
+    folds would be mixed with this run's in one table."""
+    stored = json.loads(info_path.read_text()).get("budget") if info_path.exists() else None
+    if stored == settings:
+        return
+    changed = sorted(k for k in settings if not isinstance(stored, Mapping) or stored.get(k) != settings[k])
+    raise ValueError(
+        f"{info_path.parent} holds folds of a cross-validation run with other settings "
+        f"(differing: {', '.join(changed) or 'the whole record'}); resuming would mix the two runs "
+        "in one table. Start afresh with `make cv FRESH=1` (`python -m hybrid.evaluate cv --no-resume`, "
+        "`cross_validate(..., resume=False)`), or write to another --out.")
 
 
 def _cv_loop(root, out, all_folds, entries, rows, infos, *, sets, max_folds, test_patients, baselines,
