@@ -1,14 +1,16 @@
 """Compare CNN pairs on the held-out dose sweep and the real quarter-dose pairs (CNN only).
 
     python experiments/compare_cnn.py hybrid/assets/cnn experiments/runs/shuffle/model \\
-        [--doses 0.02 0.1 0.25] [--slices 2] [--out experiments/results/cnn_compare]
+        [--doses 0.02 0.1 0.25] [--slices 2] [--views 1 2 4 8] [--out experiments/results/cnn_compare]
 
 For each pair: :func:`hybrid.evaluate.dose_sweep.dose_sweep` with the methods input and
 cnn (no baselines: their numbers are in ``experiments/results/dose_sweep.json``, made
 from the same simulated inputs, seed 0), and the CNN on the three real pairs
 (:mod:`hybrid.evaluate.real_pairs`: check only, never trained or tuned on).  The
 blender is not involved, so a pair needs no calibration.  Scores inside the body: RMSE
-(HU) and SSIM in the lung (−600/1500) and soft-tissue (40/400) windows.  Writes
+(HU) and SSIM in the lung (−600/1500) and soft-tissue (40/400) windows.  ``--views``: each
+pair also as a test-time self-ensemble of that many views (``CNNPair(views=...)``), a column
+``PAIR@views=N`` each.  Writes
 ``<out>/compare.json`` and ``compare.md`` and prints the Markdown table.
 """
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "data")
     ap.add_argument("--doses", nargs="+", type=float, default=[0.02, 0.1, 0.25])
     ap.add_argument("--slices", type=int, default=2)
+    ap.add_argument("--views", nargs="+", type=int, default=[1],
+                    help="self-ensemble sizes to score per pair (1, 2, 4, 8)")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "cnn_compare")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -50,17 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid.pipeline import Enhancer
 
     result: dict[str, dict] = {}
-    for folder in args.pairs:
+    runs = [(folder, v) for folder in args.pairs for v in args.views]
+    for folder, views in runs:
         t0 = time.perf_counter()
-        pair = CNNPair.load(folder)
+        pair = CNNPair.load(folder).with_settings(views=views)
         enh = Enhancer(cnn=pair, allow_uncalibrated=True)
         sweep = dose_sweep(args.data, doses=args.doses, methods=("input", "cnn"),
                            n_slices=args.slices, enhancer=enh)
         rows = [{k: r[k] for k in ("case", "dose_fraction", "method", "rmse_hu", "ssim_lung",
                                    "ssim_soft_tissue")} for r in sweep["rows"]]
         real = _real_pairs(pair)
-        result[str(folder)] = {"rows": rows, "real_pairs": real,
-                               "seconds": time.perf_counter() - t0}
+        name = str(folder) if args.views == [1] else f"{folder}@views={views}"
+        result[name] = {"rows": rows, "real_pairs": real, "seconds": time.perf_counter() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
     md = _markdown(result)

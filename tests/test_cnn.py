@@ -374,6 +374,32 @@ def test_body_crop_gives_the_whole_slice_result_inside_the_body(pairs, arch):
     assert not np.allclose(whole[far], smooth[far], atol=1e-1)
 
 
+def test_views_average_the_mirrored_restorations_and_eight_make_the_pair_equivariant(pairs):
+    """``views=2`` is the mean of the restoration and the mirrored input's restoration turned
+    back; ``views=8`` averages over all symmetries of the square, so restoring a transposed
+    (or mirrored) slice gives the transposed restoration, which one view does not (float32
+    rounding of another memory layout: 1e-3 HU)."""
+    pair = make_pair(seed=3)
+    pair.precision = "float32"
+    uld, _, lung, _, _ = pairs[1]
+    uld, lung = uld[:, 3:, :-7], lung[:, 3:, :-7]  # not square
+    one = pair.predict_region("body", uld)
+    mirrored = pair.predict_region("body", np.ascontiguousarray(uld[..., ::-1]))[..., ::-1]
+    two = pair.with_settings(views=2)
+    np.testing.assert_allclose(two._run("body", uld, flip=False), (one + mirrored) / 2, atol=1e-3)
+    p8 = pair.with_settings(views=8)
+    img = p8.propose(uld, lung_mask=lung).image
+    t = p8.propose(uld.swapaxes(1, 2), lung_mask=lung.swapaxes(1, 2)).image
+    np.testing.assert_allclose(t, img.swapaxes(1, 2), atol=1e-3)
+    ud = p8.propose(uld[:, ::-1], lung_mask=lung[:, ::-1]).image
+    np.testing.assert_allclose(ud, img[:, ::-1], atol=1e-3)
+    plain = pair.propose(uld, lung_mask=lung).image
+    plain_t = pair.propose(uld.swapaxes(1, 2), lung_mask=lung.swapaxes(1, 2)).image
+    assert np.abs(plain_t - plain.swapaxes(1, 2)).max() > 0.1  # a random pair is not symmetric
+    with pytest.raises(ValueError, match="Expected one of \\(1, 2, 4, 8\\). Received views=3"):
+        pair.with_settings(views=3)
+
+
 def test_bfloat16_inference_is_close_to_float32(pairs):
     """bfloat16 inference (the default on CPUs with native bfloat16) against float32.
 

@@ -210,6 +210,33 @@ def test_path_input_is_rejected_with_a_hint(enhancer):
         enhancer.enhance("some/folder", progress=False)
 
 
+def test_views_reach_the_cnn_and_the_provenance(small_assets, uld):
+    """``Enhancer(views=4)`` runs the CNN over 4 views: its CNN proposal is the pair's own
+    4-view one, it differs from one view's (a pair with random weights: the fixture's
+    untrained residual pair is the identity, the same in every view), and the derived
+    series says so."""
+    from hybrid.cnn.infer import CNNPair
+
+    pair, dic, blender = small_assets
+    pair = CNNPair.build(pair.lung_config, pair.body_config)
+    rng = np.random.default_rng(0)
+    for model in (pair.lung_model, pair.body_model):
+        model.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32)
+                           for w in model.get_weights()])
+    one = hybrid.Enhancer(pair, dic, blender)
+    four = hybrid.Enhancer(pair, dic, blender, views=4)
+    assert (one.views, four.views, four.cnn.views) == (1, 4, 4)
+    _, m1 = one.enhance(uld, progress=False, return_maps=True)
+    out4, m4 = four.enhance(uld, progress=False, return_maps=True)
+    direct = four.cnn.propose(uld.array, lung_mask=m4.lung_mask, body_mask=m4.body_mask).image
+    np.testing.assert_allclose(m4.cnn, direct, rtol=0, atol=1e-3)
+    assert np.abs(m4.cnn - m1.cnn).max() > 0.1
+    assert "CNN over 4 views" in out4.provenance.derived_from[-1]
+    assert four.last_info["views"] == 4 and "views" not in one.last_info["step"]
+    with pytest.raises(ValueError, match="Received views=3"):
+        hybrid.Enhancer(*small_assets, views=3)
+
+
 def test_enhancer_arguments_are_checked(small_assets, tmp_path):
     with pytest.raises(ValueError, match="batch_slices"):
         hybrid.Enhancer(*small_assets, batch_slices=0)

@@ -160,9 +160,11 @@ class CNNPair:
         uncertainty: str | None = None,
         noise_sigma_hu: float | None = None,
         strength: float = 1.0,
+        views: int = 1,
     ) -> None:
         self._set(precision=precision, batch_size=batch_size, transition_sigma=transition_sigma,
-                  uncertainty=uncertainty, noise_sigma_hu=noise_sigma_hu, strength=strength)
+                  uncertainty=uncertainty, noise_sigma_hu=noise_sigma_hu, strength=strength,
+                  views=views)
         for key, cfg, region in (
             ("lung_config", lung_config, "lung"),
             ("body_config", body_config, "body"),
@@ -190,9 +192,12 @@ class CNNPair:
     #: ``noise_sigma_hu`` and ``strength`` act only on noise-aware models
     #: (``CNNConfig.noise_input``): a fixed noise level instead of the one estimated per
     #: slice (:func:`hybrid.cnn.noise.estimate_noise`), and a factor on the noise level the
-    #: model is told (> 1 denoises more, < 1 less).
+    #: model is told (> 1 denoises more, < 1 less).  ``views`` (1, 2, 4 or 8): each model
+    #: runs on that many mirrored / transposed views of its input (:data:`VIEWS`, in that
+    #: order) and the restorations, turned back, are averaged (a test-time self-ensemble;
+    #: ``views`` times the CNN's time).
     SETTINGS = ("precision", "batch_size", "transition_sigma", "uncertainty", "noise_sigma_hu",
-                "strength")
+                "strength", "views")
     #: Outside the body mask the CNN still restores the slice (the mask is not used).
     outside_body = "restored"
     name = "cnn"
@@ -225,6 +230,11 @@ class CNNPair:
                 f"Received uncertainty={settings['uncertainty']!r}"
             )
         _check_noise_settings(settings)
+        if "views" in settings and settings["views"] not in _VIEW_COUNTS:
+            raise ValueError(
+                f"Invalid value for argument `views`. Expected one of {_VIEW_COUNTS}. "
+                f"Received views={settings['views']!r}"
+            )
         if "batch_size" in settings:
             settings["batch_size"] = int(settings["batch_size"])
         if "transition_sigma" in settings:
@@ -625,10 +635,47 @@ class CNNPair:
         return out
 
     def _run(self, region: str, x: np.ndarray, *, flip: bool, noise=None) -> np.ndarray:
+        """One model on ``x`` (n, H, W), mirrored left-right first if ``flip``, averaged
+        over the first :attr:`views` of :data:`VIEWS`."""
         kw = {} if noise is None else {"noise": noise}
-        if not flip:
-            return self.predict_region(region, np.ascontiguousarray(x), **kw)
-        return self.predict_region(region, np.ascontiguousarray(x[..., ::-1]), **kw)[..., ::-1]
+        if flip:
+            x = x[..., ::-1]
+        acc = None
+        for view in VIEWS[: self.views]:
+            y = _unview(self.predict_region(region, _view(x, view), **kw), view)
+            acc = y if acc is None else acc + y
+        if self.views > 1:
+            acc = (acc / np.float32(self.views)).astype(np.float32, copy=False)
+        return np.ascontiguousarray(acc[..., ::-1]) if flip else acc
+
+
+#: The views of a slice stack (n, H, W) for ``CNNPair(views=...)``: (transpose, flip rows,
+#: flip columns), applied in that order; the first 2 mirror left-right, the first 4 add the
+#: up-down mirrors, all 8 are the symmetries of the square.
+VIEWS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
+_VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def _view(x: np.ndarray, view) -> np.ndarray:
+    t, fy, fx = view
+    if t:
+        x = x.swapaxes(1, 2)
+    if fy:
+        x = x[:, ::-1]
+    if fx:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x)
+
+
+def _unview(y: np.ndarray, view) -> np.ndarray:
+    t, fy, fx = view
+    if fx:
+        y = y[..., ::-1]
+    if fy:
+        y = y[:, ::-1]
+    if t:
+        y = y.swapaxes(1, 2)
+    return y
 
 
 def _grid_box(mask: np.ndarray, reach: int, grid: int) -> tuple[slice, slice] | None:

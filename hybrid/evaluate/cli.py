@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="training slices per tuning set and dose")
     d.add_argument("--fast", action="store_true",
                    help="smoke run: 1 slice per case, 1 tuning slice, tiny grids")
+    d.add_argument("--views", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="the CNN over this many views (hybrid.Enhancer(views=...))")
     d.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
                    help="a previous dose_sweep.json: reuse its baseline rows where the "
                         "input is exactly the same (new models, no BM3D re-run)")
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--out", type=Path, default=Path("experiments/results"))
     r.add_argument("--tune-slices", type=int, default=2)
     r.add_argument("--fast", action="store_true", help="tiny grids, 1 tuning slice")
+    r.add_argument("--views", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="the CNN over this many views (hybrid.Enhancer(views=...))")
     c = sub.add_parser("cv", help="leave-one-patient-out cross-validation (make cv)")
     c.add_argument("--data", type=Path, default=Path("data"))
     c.add_argument("--out", type=Path, default=None,
@@ -90,13 +94,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.cmd == "dose-sweep":
         dose_sweep(args.data, cases=args.cases, doses=args.doses, methods=args.methods,
                    n_slices=args.slices, tune_slices=args.tune_slices, fast=args.fast, out=args.out,
-                   reuse_baselines=args.reuse_baselines)
+                   reuse_baselines=args.reuse_baselines, enhancer=_enhancer(args.views))
         print((Path(args.out) / "dose_sweep.md").read_text())
     elif args.cmd == "real-pairs":
         from hybrid.evaluate.real_pairs import real_pairs
 
         real_pairs(args.data, pairs_dir=args.pairs, tune_slices=args.tune_slices, fast=args.fast,
-                   out=args.out)
+                   out=args.out, enhancer=_enhancer(args.views))
         print((Path(args.out) / "real_pairs.md").read_text())
     elif args.cmd == "cv":
         from hybrid.recipe import load_config
@@ -115,3 +119,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                               resume=not args.no_resume)
         print((Path(out) / "cv_summary.md").read_text())
         print(f"{len(rows)} rows in {Path(out) / 'cv_results.csv'}; wall {time.perf_counter() - t:.0f} s")
+
+
+def _enhancer(views: int):
+    """None (the evaluation's default, the shipped Enhancer) for one view, else the shipped
+    Enhancer over ``views`` views."""
+    if views == 1:
+        return None
+    from hybrid.pipeline import Enhancer
+
+    return Enhancer(views=views)
