@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ def main() -> int:
     p.add_argument("--fresh-phantoms", nargs="*", type=int, default=[13, 14, 15, 16, 17, 18],
                    help="also phantom patients of these seeds, drawn here (4 slices of 512², "
                         "the kernel by seed as in make data): in no set, never seen by a model")
+    p.add_argument("--cases", nargs="*", default=list(CASES),
+                   help="cases of make data to include (default: the calibration patients, "
+                        "thorax and the held-out cases)")
     args = p.parse_args()
     from hybrid.baselines import InputBaseline
     from hybrid.blend import Blender
@@ -54,7 +58,7 @@ def main() -> int:
     def cases():
         for _, path in iter_cases(args.data):
             case = load_case(path)
-            if case.case_id in CASES:
+            if case.case_id in args.cases:
                 yield case
         for seed in args.fresh_phantoms:
             yield make_phantom_case(seed, shape=(4, 512, 512))
@@ -96,20 +100,21 @@ def main() -> int:
               "``w = min(shipped, max(0, 1 - 1 / ratio^2) / q)`` (the CNN's share if it removed "
               "only noise and the scan's own normal-dose noise were a typical one's), and the "
               "hindsight best:", "",
-              "| case | dose | input | CNN | shipped rule | residual rule | best |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| case | dose | input | CNN | shipped rule | residual rule | the product's guard | best |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         for f in DOSES:
             sel = [r for r in rows if r["case"] == case and r["dose"] == f]
             cols = [_pooled(sel, lambda r: 0.0), _pooled(sel, lambda r: 1.0),
                     _pooled(sel, lambda r: r["w_rule"]), _pooled(sel, residual_rule),
+                    _pooled(sel, guarded),
                     _pooled(sel, lambda r: r["w_best"])]
             lines.append(f"| {case} | {100 * f:g} % | " + " | ".join(f"{v:.2f}" for v in cols) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "results.md").write_text(
         "# Does the CNN's residual tell where it removes structure? (issue 16, a diagnosis)\n\n"
-        "Produced by `python experiments/residual_rule_check.py`; per slice, inside the body.\n\n"
+        "Produced by `python experiments/residual_rule_check.py " + " ".join(sys.argv[1:]) + "`; per slice, inside the body.\n\n"
         + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -121,6 +126,14 @@ def residual_rule(r: dict) -> float:
     the input's noise variance a low dose added, over ``q``; never above the shipped rule."""
     added = max(0.0, 1.0 - 1.0 / r["ratio"] ** 2)
     return min(r["w_rule"], added / r["q"])
+
+
+def guarded(r: dict) -> float:
+    """The CNN weight the product gives: the shipped rule's, bounded by
+    :func:`hybrid.blend.residual_guard` (chosen with this script's first run)."""
+    from hybrid.blend import residual_guard
+
+    return min(r["w_rule"], float(residual_guard(np.array([r["ratio"]]), np.array([r["q"]]))[0]))
 
 
 def _pooled(rows: list[dict], weight) -> float:

@@ -29,6 +29,11 @@ blender has the dictionary rule and then the **input** rule, a non-increasing
 table over the input's noise ratio (:func:`hybrid.cnn.noise.noise_ratio`;
 ``calibrate(..., monotone=True)``), which gives a scan that is not noisy back as
 it came (:mod:`hybrid.calibration`).
+
+After the rules, the **residual guard** (:func:`residual_guard`, issue 16) bounds how far a
+slice that reads as normal-dose noise may move from its input: where the CNN took away much
+more than the input's noise (``q = mean |cnn - input|² / sigma²`` well above 1), it removed
+structure too, and the input keeps more of the slice.
 """
 
 from __future__ import annotations
@@ -45,12 +50,40 @@ import numpy as np
 from hybrid.proposal import Proposal
 
 __all__ = ["Blender", "BlendResult", "Mode", "HardMode", "SoftMode", "TableMode", "Table2DMode",
-           "MODES", "mode_from_config", "calibrate"]
+           "MODES", "mode_from_config", "calibrate", "residual_guard", "GUARD_POWER"]
 
 FORMAT = "hybrid-blender"
 #: 2: weight rules per candidate, the digests of the models it was calibrated with.
 #: 1 (still read): one rule (mode, threshold, softness, table) for the dictionary.
 VERSION = 2
+
+
+# ---------------------------------------------------------------- the residual guard
+#: The guard's floor ``q ** -GUARD_POWER`` (see :func:`residual_guard`): the smallest power
+#: with which the guard kept the input's RMSE on six fresh phantoms, the calibration
+#: patients and the unseen thorax at 10-50 % dose (`experiments/residual_rule_check.py`).
+GUARD_POWER = 4.0
+
+
+def residual_guard(ratio: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per slice, the largest share of the CNN's change a slice may keep (in [0, 1]).
+
+    ``ratio`` is the input's noise ratio (:func:`hybrid.cnn.noise.ratio_of`), ``q`` the
+    CNN's mean square change inside the body over the input's noise variance.  Were the
+    scan's own normal-dose noise a typical scan's (the ratio 1), a low dose would have added
+    ``1 - 1 / ratio²`` of its noise variance, and a CNN that removes all noise and nothing
+    else changes the slice by ``q = 1``: the RMSE-optimal share of its change is then
+    ``(1 - 1 / ratio²) / q``.  Quiet scans (thick slices) read below 1 even at a low dose,
+    so the share never goes below ``q ** -GUARD_POWER`` either.  Only slices that read as
+    normal-dose noise (``ratio`` at most :data:`hybrid.cnn.noise.DOSE_READING_BOUNDS`\\[0])
+    are guarded; elsewhere the share is 1 (the calibrated rules alone)."""
+    from hybrid.cnn.noise import DOSE_READING_BOUNDS
+
+    ratio = np.asarray(ratio, np.float64)
+    q = np.maximum(np.asarray(q, np.float64), 1e-12)
+    added = np.clip(1.0 - 1.0 / np.maximum(ratio, 1e-12) ** 2, 0.0, None)
+    share = np.clip(np.maximum(added / q, q ** -GUARD_POWER), 0.0, 1.0)
+    return np.where(ratio <= DOSE_READING_BOUNDS[0], share, 1.0)
 
 
 # ---------------------------------------------------------------- weight rules (modes)

@@ -242,6 +242,10 @@ class Enhancer:
     batch_slices : int, keyword-only
         Slices processed at once (bounds the memory of the models and the
         search; does not change the result).
+    residual_guard : bool, keyword-only
+        After the blender's rules, bound the share of the CNN's change a slice that reads
+        as normal-dose noise keeps, by how much more than its noise the CNN took away
+        (:func:`hybrid.blend.residual_guard`).  True (the default); False: the rules alone.
     views : {1, 2, 4, 8}, keyword-only
         Each CNN runs on this many mirrored / transposed views of every slice
         and the restorations are averaged (``CNNPair(views=...)``): that many
@@ -275,6 +279,7 @@ class Enhancer:
         allow_uncalibrated: bool = False,
         noise_aware: Any = None,
         views: int = 1,
+        residual_guard: bool = True,
     ) -> None:
         if not isinstance(batch_slices, (int, np.integer)) or isinstance(batch_slices, bool) \
                 or batch_slices < 1:
@@ -310,6 +315,7 @@ class Enhancer:
         self._check_calibrated_with(allow_uncalibrated)
         self.cnn = self.cnn.with_settings(batch_size=self.batch_slices, views=views)
         self.views = self.cnn.views
+        self.residual_guard = bool(residual_guard)
         if self.noise_aware is not None:
             self.noise_aware = self.noise_aware.with_settings(batch_size=self.batch_slices,
                                                               views=views)
@@ -535,6 +541,7 @@ class Enhancer:
             input_reading = reading(noise_est, kernel)
             # per candidate rule: sum of its weight inside the body, pixels
             shares = {"noise_aware": [0.0, 0], "input": [0.0, 0]}
+            guarded = 0  # slices the residual guard moved back towards the input
             with_dict = self.dictionary is not None
             if return_maps:
                 maps = _new_maps(arr.shape, with_dict)
@@ -542,6 +549,10 @@ class Enhancer:
                 s = slice(start, min(start + self.batch_slices, nz))
                 res, props = self._enhance_batch(arr[s], lung[s], body[s], ratio[s], stages,
                                                  bar, want_input=keep_input or return_maps)
+                if self.residual_guard and keep_input:
+                    res, n = _guarded(arr[s], res, props["cnn"].image, body[s], ratio[s],
+                                      noise_est.sigma_hu[s])
+                    guarded += n
                 out[s] = res.image
                 for name in ("noise_aware", "input"):
                     if name in res.weights:
@@ -568,6 +579,8 @@ class Enhancer:
         for name, (total, n) in shares.items():
             if name == "input" or self.noise_aware is not None:
                 input_reading[f"{name}_weight_body"] = round(total / n, 3) if n else 0.0
+        if self.residual_guard and keep_input:
+            input_reading["residual_guard_slices"] = guarded
         info = self._info(dose, input_reading, stages, time.perf_counter() - t0)
         step = info["step"]
         self._last.info = info
@@ -634,6 +647,36 @@ class Enhancer:
                                                   body_mask=body[run]).image
         return Proposal(image=image, uncertainty=ratio_map, kind="noise_ratio",
                         name="noise_aware")
+
+
+def _guarded(x: np.ndarray, res: Any, cnn: np.ndarray, body: np.ndarray, ratio: np.ndarray,
+             sigma: np.ndarray) -> tuple[Any, int]:
+    """The blend ``res`` of slices ``x`` with each slice's change from its input scaled so
+    that the CNN's share is at most :func:`hybrid.blend.residual_guard`'s; the candidates'
+    weights (the input's: its complement) follow.  Returns it and how many slices moved."""
+    from hybrid.blend import BlendResult, residual_guard
+
+    n = len(x)
+    flat = body.reshape(n, -1)
+    count = flat.sum(axis=1)
+    change = ((cnn - x).reshape(n, -1).astype(np.float64) ** 2 * flat).sum(axis=1)
+    q = change / np.maximum(count, 1) / np.maximum(np.asarray(sigma, np.float64), 1e-6) ** 2
+    share = np.where(count > 0, residual_guard(ratio, q), 1.0)
+    w_in = np.broadcast_to(res.weights["input"], x.shape).reshape(n, -1)
+    cnn_share = 1.0 - (w_in * flat).sum(axis=1) / np.maximum(count, 1)
+    scale = np.where(cnn_share > share, share / np.maximum(cnn_share, 1e-12), 1.0)
+    moved = scale < 1.0
+    if not moved.any():
+        return res, 0
+    k = scale.astype(np.float32)[:, None, None]
+    image = np.where(moved[:, None, None], x + k * (res.image - x), res.image).astype(np.float32)
+    weights = {}
+    for name, w in res.weights.items():
+        w = np.broadcast_to(w, x.shape)
+        weights[name] = np.where(moved[:, None, None],
+                                 1.0 - k * (1.0 - w) if name == "input" else k * w,
+                                 w).astype(np.float32)
+    return BlendResult(image, weights), int(moved.sum())
 
 
 def _new_maps(shape: tuple[int, ...], with_dict: bool) -> dict[str, np.ndarray | None]:

@@ -264,3 +264,64 @@ def test_noise_aware_rule_trusts_the_pair_where_it_is_better():
     assert info["rmse_blend_hu"] < min(info["rmse_base_hu"], info["rmse_noise_aware_hu"])
     assert len(over) == len(samples) and len(over[0]) == 5
     np.testing.assert_allclose(over[0][0], samples[0][5], atol=0.1 * 20)  # ~ the pair there
+
+
+def test_residual_guard_share():
+    """The share of the CNN's change a slice keeps: 1 above the normal-dose reading bound or
+    where the CNN changed no more than the noise (q <= 1); else the larger of the low dose's
+    share of the noise variance over q and the floor q^-GUARD_POWER."""
+    from hybrid.blend import GUARD_POWER, residual_guard
+    from hybrid.cnn.noise import DOSE_READING_BOUNDS
+
+    ratio = np.array([1.2, 1.2, 1.2, 0.9, DOSE_READING_BOUNDS[0] + 0.01, 3.0])
+    q = np.array([0.8, 1.0, 2.0, 3.0, 10.0, 10.0])
+    expected = [1.0, 1.0, (1 - 1 / 1.44) / 2.0, 3.0 ** -GUARD_POWER, 1.0, 1.0]
+    np.testing.assert_allclose(residual_guard(ratio, q), expected, rtol=1e-12)
+
+
+def test_the_residual_guard_gives_a_clean_scan_back_what_an_oversmoothing_cnn_took(scans):
+    """A normal-dose slice (ratio about 1) through a 'CNN' that blurs it (q >> 1) and a rule
+    that trusts the CNN fully: the guard keeps the share ``residual_guard`` gives, so the
+    result is much closer to the scan than the blur; a 2 % slice (ratio > 1.6) is not
+    guarded (bit-identical to the rules alone)."""
+    pytest.importorskip("tensorflow")
+    from scipy.ndimage import gaussian_filter
+
+    import hybrid
+    from hybrid.blend import Blender, HardMode, residual_guard
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.cnn.noise import estimate_noise, ratio_of
+    from hybrid.proposal import Proposal
+
+    ph, s = scans
+    pair = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
+                         CNNConfig.for_region("body", depth=3, width=8))
+
+    def blur(x, lung_mask=None, body_mask=None):
+        return Proposal(gaussian_filter(np.asarray(x, np.float32), (0, 3, 3)), name="cnn")
+
+    out = {}
+    for guard in (True, False):
+        enh = hybrid.Enhancer(pair, None, Blender({"input": HardMode(-1.0)}), residual_guard=guard)
+        enh.cnn.propose = blur
+        for f in (1.0, 0.02):
+            res, maps = enh.enhance(s["standard", f], return_maps=True, progress=False)
+            out[guard, f] = (res, maps, enh.last_info["input"])
+    x = s["standard", 1.0]
+    body = out[True, 1.0][1].body_mask
+    est = estimate_noise(x, body)
+    ratio = ratio_of(est)
+    assert ratio[0] <= 1.6
+    cnn = blur(x).image
+    q = np.mean((cnn - x)[body] ** 2) / est.sigma_hu[0] ** 2
+    share = float(residual_guard(ratio, np.array([q]))[0])
+    assert q > 1.5 and share < 0.5, (q, share)
+    np.testing.assert_allclose(out[True, 1.0][0], x + share * (cnn - x), atol=1e-3)
+    np.testing.assert_allclose(out[False, 1.0][0], cnn, atol=1e-3)
+    np.testing.assert_allclose(out[True, 1.0][1].input_weight, 1 - share, atol=1e-6)
+    change = {g: np.sqrt(np.mean((out[g, 1.0][0] - x)[body] ** 2)) for g in (True, False)}
+    assert change[True] < 0.5 * change[False], change
+    assert out[True, 1.0][2]["residual_guard_slices"] == 1
+    np.testing.assert_array_equal(out[True, 0.02][0], out[False, 0.02][0])
+    assert out[True, 0.02][2]["residual_guard_slices"] == 0

@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="smoke run: 1 slice per case, 1 tuning slice, tiny grids")
     d.add_argument("--views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="the CNN over this many views (hybrid.Enhancer(views=...))")
+    d.add_argument("--no-residual-guard", action="store_true",
+                   help="the blender's rules alone (hybrid.Enhancer(residual_guard=False))")
     d.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
                    help="a previous dose_sweep.json: reuse its baseline rows where the "
                         "input is exactly the same (new models, no BM3D re-run)")
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--fast", action="store_true", help="tiny grids, 1 tuning slice")
     r.add_argument("--views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="the CNN over this many views (hybrid.Enhancer(views=...))")
+    r.add_argument("--no-residual-guard", action="store_true",
+                   help="the blender's rules alone (hybrid.Enhancer(residual_guard=False))")
     c = sub.add_parser("cv", help="leave-one-patient-out cross-validation (make cv)")
     c.add_argument("--data", type=Path, default=Path("data"))
     c.add_argument("--out", type=Path, default=None,
@@ -94,13 +98,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.cmd == "dose-sweep":
         dose_sweep(args.data, cases=args.cases, doses=args.doses, methods=args.methods,
                    n_slices=args.slices, tune_slices=args.tune_slices, fast=args.fast, out=args.out,
-                   reuse_baselines=args.reuse_baselines, enhancer=_enhancer(args.views))
+                   reuse_baselines=args.reuse_baselines, enhancer=_enhancer(args.views, not args.no_residual_guard))
         print((Path(args.out) / "dose_sweep.md").read_text())
     elif args.cmd == "real-pairs":
         from hybrid.evaluate.real_pairs import real_pairs
 
         real_pairs(args.data, pairs_dir=args.pairs, tune_slices=args.tune_slices, fast=args.fast,
-                   out=args.out, enhancer=_enhancer(args.views))
+                   out=args.out, enhancer=_enhancer(args.views, not args.no_residual_guard))
         print((Path(args.out) / "real_pairs.md").read_text())
     elif args.cmd == "cv":
         from hybrid.recipe import load_config
@@ -121,11 +125,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{len(rows)} rows in {Path(out) / 'cv_results.csv'}; wall {time.perf_counter() - t:.0f} s")
 
 
-def _enhancer(views: int):
-    """None (the evaluation's default, the shipped Enhancer) for one view, else the shipped
-    Enhancer over ``views`` views."""
-    if views == 1:
+def _enhancer(views: int, residual_guard: bool = True):
+    """None (the evaluation's default, the shipped Enhancer) for its defaults, else the
+    shipped Enhancer with these settings."""
+    if views == 1 and residual_guard:
         return None
     from hybrid.pipeline import Enhancer
 
-    return Enhancer(views=views)
+    return Enhancer(views=views, residual_guard=residual_guard)
