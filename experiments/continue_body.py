@@ -1,0 +1,94 @@
+"""Fine-tune the shipped body CNN for more epochs at a lower learning rate (issue 16, an experiment).
+
+The shipped body model (``experiments/train_default.py --regions body``: 40 epochs of 250
+steps) was still improving on its monitor at its last epoch (best epoch 39 of 40,
+``experiments/results/cnn_training_progress_body.png``).  This script starts from its
+weights and trains on the same data (the recipe's CNN stage: every non-held-out case at its
+nominal 2 % dose and its 1-10 % ULD-aug, monitored on the calibration patients), with a new
+patch seed, at ``--lr``, and saves a pair (the shipped lung model kept) that
+``experiments/compare_cnn.py`` can score against the shipped one.  Nothing here touches
+``hybrid/assets``.
+
+Run::
+
+    .venv/bin/python experiments/continue_body.py --epochs 40 --lr 3e-4 \\
+        --out experiments/runs/body_continued/model
+    .venv/bin/python experiments/compare_cnn.py hybrid/assets/cnn \\
+        experiments/runs/body_continued/model --doses 0.02 0.1 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO / "data")
+    ap.add_argument("--init", type=Path, default=REPO / "hybrid" / "assets" / "cnn",
+                    help="the pair whose body model is fine-tuned (its lung model is kept)")
+    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "runs" / "body_continued" / "model")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--seed", type=int, default=1, help="patch seed (the shipped run used 0)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from hybrid.cnn._tf import keras
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.cnn.train import train_model
+    from hybrid.data import iter_cases, load_case
+    from hybrid.recipe import _dtype_policy, _training_pairs, assign_cases, load_split
+
+    split = load_split()
+    held = set(split.held_out_patients)
+    cases = [load_case(p) for e, p in iter_cases(args.data) if e["patient_id"] not in held]
+    pairs, monitor = _training_pairs(assign_cases(cases, split))
+    init = CNNPair.load(args.init)
+    weights = args.out.parent / "init_body.weights.h5"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    init.body_model.save_weights(str(weights))
+
+    class StartFromInit(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.load_weights(str(weights))
+
+    config = dataclasses.replace(init.body_config, learning_rate=args.lr)
+    result = train_model(
+        config, pairs, val_pairs=monitor, out_dir=args.out.parent / "body",
+        epochs=args.epochs, steps_per_epoch=args.steps, batch_size=32, val_slices=8,
+        val_patches=512, patience=args.epochs, reduce_lr_patience=8, seed=args.seed,
+        threads=args.threads, tensorboard=False, dtype=_dtype_policy("auto"),
+        callbacks=[StartFromInit()])
+    logging.info("body: monitor slice RMSE %.1f HU (best epoch %d of %d, %.0f s)",
+                 result.val_slice_rmse_hu, result.best_epoch, result.epochs_run, result.seconds)
+    metadata = dict(init.metadata)
+    metadata["trained_by"] = ("experiments/continue_body.py " + " ".join(argv or sys.argv[1:])
+                              + f" (from {args.init})")
+    metadata["monitor"] = dict(metadata.get("monitor", {}), body={
+        "val_rmse_hu": result.val_rmse_hu, "val_slice_rmse_hu": result.val_slice_rmse_hu,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "train_seconds": result.seconds, "cases": list(split.calibration),
+        "note": "monitor patients are also in training (not a held-out score)"})
+    pair = CNNPair(init.lung_model, result.model, lung_config=init.lung_config,
+                   body_config=config, metadata=metadata)
+    pair.save(args.out)
+    print(json.dumps(metadata["monitor"]["body"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
