@@ -1,9 +1,10 @@
-"""Issue 16, speed: distil the shipped body CNN into a cheaper student (an experiment).
+"""Issue 16, speed: distil the plain body CNN into a cheaper student (an experiment).
 
     python experiments/distill_body.py [--student experiments/configs/blind_shuffle.json]
         [--init WEIGHTS] [--epochs 12] [--steps 250] [--work experiments/runs/distill]
 
-The shipped body model (10 layers of 32 filters at full resolution, 0.26 s on a 352 x 448
+The teacher is the plain pair shipped until the blind U-Net replaced it
+(``experiments/checkpoints/plain_pair/model``).  Its body model (10 layers of 32 filters at full resolution, 0.26 s on a 352 x 448
 body box on this AVX2 CPU) is what keeps ``make bench`` over 60 s per 250 slices.  The
 student (the config's ``recipe.cnn.body``, by default the FFDNet-style "shuffle" stack of
 12 x 32 at half resolution, 2.4x faster) learns the teacher's output instead of the noisy
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     from hybrid.recipe import load_split
 
     t0 = time.perf_counter()
-    teacher = CNNPair.load(ROOT / "hybrid/assets/cnn")
+    teacher = CNNPair.load(ROOT / "experiments/checkpoints/plain_pair/model")
     seen = set(teacher.metadata["training_cases"])
     split = load_split()
     student_cfg = json.loads(args.student.read_text())
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "command.json").write_text(json.dumps(
-        {"argv": sys.argv, "student": student_cfg, "teacher": "hybrid/assets/cnn body",
+        {"argv": sys.argv, "student": student_cfg,
+         "teacher": "experiments/checkpoints/plain_pair/model body",
          "teacher_digest": teacher.digest, "cases": sorted(p.patient_id for p in pairs),
          "monitor": [p.patient_id for p in monitor], "init": str(init)}, indent=1) + "\n")
     r = train_model(config, pairs, val_pairs=monitor, out_dir=args.work / "body",
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
                     patience=args.epochs, reduce_lr_patience=args.reduce_lr_patience, seed=0,
                     threads=args.threads, tensorboard=False, verbose=0, callbacks=[_Init()])
     meta = {"trained_by": "experiments/distill_body.py " + " ".join(sys.argv[1:]),
-            "distilled_from": {"body": "hybrid/assets/cnn", "digest": teacher.digest},
+            "distilled_from": {"body": "experiments/checkpoints/plain_pair/model",
+                               "digest": teacher.digest},
             "training_cases": sorted(seen),
             "held_out_patients": dict(teacher.metadata.get("held_out_patients", {})),
             "monitor": {"body": {"val_rmse_hu_vs_teacher": r.val_rmse_hu,

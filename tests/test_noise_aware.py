@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from hybrid.cnn.multidose import MultiDoseSampler, make_sources, noise_scale
 from hybrid.cnn.noise import estimate_noise
 
 pytest.importorskip("tensorflow")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _anatomy(shape=(3, 96, 96), seed=0):
@@ -309,13 +312,17 @@ def test_recipe_configs_load_and_shipped_is_unchanged():
     assert CNNConfig.from_dict(recipe.load_config("noise_aware").cnn.body).receptive_field >= 100
     from hybrid.artifacts import default_asset_paths
 
+    plain = "experiments/checkpoints/plain_pair/model"  # the plain pair shipped before the U-Net
+    plain_body = CNNConfig.from_json(ROOT / plain / "body.config.json")
+    assert plain_body.architecture == "plain"
     shipped_body = CNNConfig.from_json(default_asset_paths()["cnn"] / "body.config.json")
+    assert shipped_body.architecture == "unet" and shipped_body.receptive_field >= 100
     for name in ("noise_aware_warm", "noise_aware_native", "noise_aware_uniform"):
-        cfg = recipe.load_config(name)  # the warm starts: the shipped layers plus noise maps
-        assert cfg.cnn.noise["warm_start"] == "shipped"
+        cfg = recipe.load_config(name)  # the warm starts: the plain layers plus noise maps
+        assert cfg.cnn.noise["warm_start"] == plain
         body = CNNConfig.from_dict(cfg.cnn.body)
         assert body.noise_input and body.architecture == "plain"
-        assert (body.depth, body.width) == (shipped_body.depth, shipped_body.width)
+        assert (body.depth, body.width) == (plain_body.depth, plain_body.width)
 
 
 def test_estimate_survives_very_noisy_slices():
