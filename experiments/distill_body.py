@@ -3,12 +3,13 @@
     python experiments/distill_body.py [--student experiments/configs/blind_shuffle.json]
         [--init WEIGHTS] [--epochs 12] [--steps 250] [--work experiments/runs/distill]
 
-The teacher is the plain pair shipped until the blind U-Net replaced it
-(``experiments/checkpoints/plain_pair/model``).  Its body model (10 layers of 32 filters at full resolution, 0.26 s on a 352 x 448
-body box on this AVX2 CPU) is what keeps ``make bench`` over 60 s per 250 slices.  The
+The teacher is the plain pair shipped until the blind U-Net replaced it (``TEACHER``,
+``experiments/checkpoints/plain_pair/model``).  Its body model (10 layers of 32 filters at
+full resolution, 0.26 s on a 352 x 448 body box on this AVX2 CPU) kept ``make bench`` over
+60 s per 250 slices there.  The
 student (the config's ``recipe.cnn.body``, by default the FFDNet-style "shuffle" stack of
 12 x 32 at half resolution, 2.4x faster) learns the teacher's output instead of the noisy
-normal dose: the targets are the shipped body model's restoration of the same low-dose
+normal dose: the targets are the teacher body model's restoration of the same low-dose
 inputs the teacher was trained on (its ``training_cases``, nominal 2 % and aug 1-10 %
 dose), monitored on the calibration patients (also the teacher's training cases).  No
 held-out patient is touched.  ``--init`` starts from weights of the same architecture (a
@@ -19,7 +20,7 @@ that carry the most signal (mean activation on the training inputs times the wei
 next layer gives them) kept and the others cut.  ``--student`` is a recipe config (its
 ``recipe.cnn.body``) or a CNN config JSON.
 
-Writes ``<work>/model`` (a CNN pair: the shipped lung model and the student as body),
+Writes ``<work>/model`` (a CNN pair: the teacher's lung model, the shipped one, and the student as body),
 ``<work>/body`` (log, best weights, progress figure) and ``<work>/command.json``.
 """
 
@@ -34,10 +35,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "experiments/checkpoints/plain_pair/model"  # the plain pair shipped before the U-Net
 
 
 def _teacher_targets(pair, arr, body):
-    """The shipped body model's restoration of ``arr`` (HU) on each slice's body box grown
+    """The teacher body model's restoration of ``arr`` (HU) on each slice's body box grown
     by 16 pixels, beyond its 10-pixel receptive-field reach, so inside the body it is what
     the product computes (the product grows the box by 20 for the lung model's reach);
     beyond the box, the input lightly smoothed, as in the product."""
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     from hybrid.recipe import load_split
 
     t0 = time.perf_counter()
-    teacher = CNNPair.load(ROOT / "experiments/checkpoints/plain_pair/model")
+    teacher = CNNPair.load(ROOT / TEACHER)
     seen = set(teacher.metadata["training_cases"])
     split = load_split()
     student_cfg = json.loads(args.student.read_text())
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "command.json").write_text(json.dumps(
         {"argv": sys.argv, "student": student_cfg,
-         "teacher": "experiments/checkpoints/plain_pair/model body",
+         "teacher": f"{TEACHER} body",
          "teacher_digest": teacher.digest, "cases": sorted(p.patient_id for p in pairs),
          "monitor": [p.patient_id for p in monitor], "init": str(init)}, indent=1) + "\n")
     r = train_model(config, pairs, val_pairs=monitor, out_dir=args.work / "body",
@@ -152,8 +154,7 @@ def main(argv=None) -> int:
                     patience=args.epochs, reduce_lr_patience=args.reduce_lr_patience, seed=0,
                     threads=args.threads, tensorboard=False, verbose=0, callbacks=[_Init()])
     meta = {"trained_by": "experiments/distill_body.py " + " ".join(sys.argv[1:]),
-            "distilled_from": {"body": "experiments/checkpoints/plain_pair/model",
-                               "digest": teacher.digest},
+            "distilled_from": {"body": TEACHER, "digest": teacher.digest},
             "training_cases": sorted(seen),
             "held_out_patients": dict(teacher.metadata.get("held_out_patients", {})),
             "monitor": {"body": {"val_rmse_hu_vs_teacher": r.val_rmse_hu,
