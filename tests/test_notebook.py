@@ -30,4 +30,7 @@ def test_benchmark_notebook_executes(tmp_path):
     assert tables and "| hybrid |" in tables[0] and "soft tissue (40/400)" in tables[0]
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # the example figure and quality-versus-time
+    assert len(images) == 3  # the example figure, quality-versus-time, the CV per-fold ratios
+    # the CV section shows both sets' per-fold win tables from experiments/results/cv
+    assert any("## phantom set" in t and "## real set" in t and "| best classic" in t
+               for t in tables[1:])
