@@ -356,3 +356,19 @@ def test_warm_start_copies_a_plain_model_whatever_the_noise_maps():
                                   patch_size=32), seed=0)
     with pytest.raises(ValueError, match=r"conv0.*\(3, 3, 1, 8\).*\(3, 3, 3, 12\)"):
         warm_start(wider, plain)
+
+
+def test_warm_start_path_is_the_repositorys_whatever_the_working_directory(tmp_path, monkeypatch):
+    """A config's relative ``warm_start`` names a path in the repository (as the configs in
+    experiments/configs write it), not in the working directory; a missing one is refused
+    with the path looked for."""
+    from hybrid.artifacts import default_asset_paths
+    from hybrid.cnn.resumable import _warm_start_path
+    from hybrid.recipe import EXPERIMENTS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    assert _warm_start_path("shipped") == Path(default_asset_paths()["cnn"])
+    assert _warm_start_path("hybrid/assets/cnn") == EXPERIMENTS_DIR.parent / "hybrid/assets/cnn"
+    assert _warm_start_path(tmp_path) == tmp_path
+    with pytest.raises(FileNotFoundError, match=r"'no/such/pair'.*looked for .*no/such/pair"):
+        _warm_start_path("no/such/pair")

@@ -99,6 +99,27 @@ def _monitor(model: keras.Model, config: CNNConfig, val: dict[float, tuple]) -> 
     return logs
 
 
+def _warm_start_path(start: str | os.PathLike) -> Path:
+    """The saved pair a config's ``warm_start`` names: "shipped" (``hybrid/assets/cnn``), an
+    absolute path, or a path relative to the repository (as the configs in
+    ``experiments/configs`` write it), whatever the working directory."""
+    from hybrid.recipe import EXPERIMENTS_DIR
+
+    if str(start) == "shipped":
+        from hybrid.artifacts import default_asset_paths
+
+        return Path(default_asset_paths()["cnn"])
+    path = Path(start)
+    if not path.is_absolute():
+        path = EXPERIMENTS_DIR.parent / path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Expected the saved CNN pair that cnn.noise.warm_start names; {str(start)!r} "
+            f"(looked for {path}) is not there. Name \"shipped\", an absolute path or a path "
+            "relative to the repository root, and train or fetch that pair first.")
+    return path
+
+
 def warm_start(model: keras.Model, source: keras.Model) -> list[str]:
     """Copy a trained plain model's weights into a noise-aware model of the same layers.
 
@@ -338,8 +359,8 @@ def train_noise_aware_regions(
     ``stop_after`` (epochs per call, None: all) and the
     :class:`~hybrid.cnn.multidose.MultiDoseSampler` options ``dose_range``,
     ``clean_fraction``, ``sigma_jitter``, ``weighting``; optionally ``warm_start``, a
-    saved CNN pair ("shipped": ``hybrid/assets/cnn``) whose models each region starts
-    from (:func:`warm_start`), and ``phantom_noise_scale`` (of ``make_sources``).  Sources are cached under ``work/cache``.
+    saved CNN pair ("shipped": ``hybrid/assets/cnn``; a relative path is the repository's,
+    :func:`_warm_start_path`) whose models each region starts from (:func:`warm_start`), and ``phantom_noise_scale`` (of ``make_sources``).  Sources are cached under ``work/cache``.
     """
     from hybrid.cnn.multidose import make_sources
 
@@ -352,11 +373,7 @@ def train_noise_aware_regions(
     if start is not None:
         from hybrid.cnn.infer import CNNPair
 
-        if start == "shipped":
-            from hybrid.artifacts import default_asset_paths
-
-            start = default_asset_paths()["cnn"]
-        start = CNNPair.load(start)
+        start = CNNPair.load(_warm_start_path(start))
     if "dose_range" in opts:
         opts["dose_range"] = tuple(opts["dose_range"])
     cache = Path(work) / "cache"
