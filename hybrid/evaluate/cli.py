@@ -20,7 +20,7 @@ from typing import Any
 from hybrid.evaluate.cv import cross_validate
 from hybrid.evaluate.dose_sweep import DOSE_SWEEP_FRACTIONS, SWEEP_METHODS, dose_sweep
 from hybrid.evaluate.heldout import compare_on_heldout
-from hybrid.evaluate.scoring import _CLASSICAL
+from hybrid.evaluate.scoring import CLASSICAL
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--out", type=Path, default=Path("experiments/results"))
     h.add_argument("--slices", type=int, default=8, help="central slices scored per held-out case")
     h.add_argument("--tune-slices", type=int, default=4, help="slices per tuning set")
-    h.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
+    h.add_argument("--baselines", nargs="+", default=list(CLASSICAL))
     d = sub.add_parser("dose-sweep", help="the gate: quality against dose on the held-out "
                        "patients, input / CNN / hybrid / BM3D and NLM tuned per dose (make dose-sweep)")
     d.add_argument("--data", type=Path, default=Path("data"))
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--sets", nargs="+", default=["phantom", "real"])
     c.add_argument("--max-folds", type=int, default=None)
     c.add_argument("--patients", nargs="+", default=None, help="only these test patients")
-    c.add_argument("--baselines", nargs="+", default=list(_CLASSICAL))
+    c.add_argument("--baselines", nargs="+", default=list(CLASSICAL))
     c.add_argument("--epochs", type=int, default=None,
                    help="CNN epochs per region (default: the config file's)")
     c.add_argument("--steps", type=int, default=None,

@@ -37,7 +37,7 @@ from hybrid.evaluate.report import (
     _write_info,
     _write_summary,
 )
-from hybrid.evaluate.scoring import _CLASSICAL, _baseline_images, score_methods
+from hybrid.evaluate.scoring import CLASSICAL, _baseline_images, score_methods
 from hybrid.evaluate.tuning import (
     CV_GRIDS,
     FAST_GRIDS,
@@ -275,7 +275,7 @@ def cross_validate(
     sets: Sequence[str] = ("phantom", "real"),
     max_folds: int | Mapping[str, int] | None = None,
     test_patients: Sequence[str] | None = None,
-    baselines: Sequence[str] = _CLASSICAL,
+    baselines: Sequence[str] = CLASSICAL,
     settings: str | os.PathLike = "cv",
     config: RecipeConfig | None = None,
     cv: Mapping[str, Any] | None = None,

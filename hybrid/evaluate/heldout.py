@@ -25,8 +25,8 @@ import numpy as np
 from hybrid.evaluate.cases import _case_path, _entries, _kernel_of, central_slices
 from hybrid.evaluate.report import _json_default
 from hybrid.evaluate.scoring import (
-    _CLASSICAL,
     _LABELS,
+    CLASSICAL,
     METHOD_ORDER,
     _baseline_images,
     score_methods,
@@ -42,7 +42,7 @@ def compare_on_heldout(
     data_root: str | os.PathLike = "data",
     *,
     patients: Sequence[str] | None = None,
-    baselines: Sequence[str] = _CLASSICAL,
+    baselines: Sequence[str] = CLASSICAL,
     tune_cases: Mapping[str, Sequence[str]] | None = None,
     tune_slices: int = 4,
     slices: int | Mapping[str, Sequence[int]] | None = None,
@@ -214,7 +214,7 @@ _HELDOUT_COLS = (
 
 
 def _best_baseline(methods: Mapping[str, Any]) -> str | None:
-    cands = [m for m in _CLASSICAL if m in methods]
+    cands = [m for m in CLASSICAL if m in methods]
     if not cands:
         return None
     return min(cands, key=lambda m: methods[m]["metrics"]["body"]["rmse_hu"])
@@ -231,7 +231,7 @@ def _verdict(methods: Mapping[str, Any]) -> dict[str, Any]:
     wins = {}
     for region, key, _ in _HELDOUT_COLS:
         hv = h["metrics"][region][key]
-        better = [m for m in _CLASSICAL if m in methods and not (
+        better = [m for m in CLASSICAL if m in methods and not (
             hv < methods[m]["metrics"][region][key] if "rmse" in key
             else hv > methods[m]["metrics"][region][key])]
         wins[f"{region}_{key}"] = not better

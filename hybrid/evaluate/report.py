@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.scoring import _CLASSICAL, _LABELS, METHOD_ORDER
+from hybrid.evaluate.scoring import _LABELS, CLASSICAL, METHOD_ORDER
 
 __all__: list[str] = []
 
@@ -113,7 +113,7 @@ def _wins_table(pp: Mapping[tuple, float], kind: str, patients: Sequence[str]) -
             for p in patients:
                 h = pp.get((kind, "hybrid", region, metric, p))
                 if comp == "best classic":
-                    vals = [pp[(kind, m, region, metric, p)] for m in _CLASSICAL
+                    vals = [pp[(kind, m, region, metric, p)] for m in CLASSICAL
                             if (kind, m, region, metric, p) in pp and np.isfinite(pp[(kind, m, region, metric, p)])]
                     o = (min(vals) if "rmse" in metric else max(vals)) if vals else None
                 else:
@@ -173,7 +173,7 @@ def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]], infos: list,
         wins = []
         for p in patients:
             h = pp.get((kind, "hybrid", "body", "rmse_hu", p))
-            b = [pp.get((kind, m, "body", "rmse_hu", p)) for m in _CLASSICAL if (kind, m, "body", "rmse_hu", p) in pp]
+            b = [pp.get((kind, m, "body", "rmse_hu", p)) for m in CLASSICAL if (kind, m, "body", "rmse_hu", p) in pp]
             if h is not None and b:
                 wins.append(h < min(b))
         if wins:

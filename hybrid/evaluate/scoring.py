@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHOD_ORDER", "score_methods"]
+__all__ = ["CLASSICAL", "METHOD_ORDER", "score_methods"]
 
 #: Methods in report order.
 METHOD_ORDER = ("input", "gaussian", "nlm", "tv", "bm3d", "cnn", "dictionary", "hybrid")
@@ -21,7 +21,7 @@ _LABELS = {
     "cnn": "CNN only", "dictionary": "dictionary only", "hybrid": "**hybrid**",
 }
 #: The classical baselines compared with the hybrid (the default of every entry point).
-_CLASSICAL = ("gaussian", "nlm", "tv", "bm3d")
+CLASSICAL = ("gaussian", "nlm", "tv", "bm3d")
 
 
 def score_methods(
