@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--batch", type=int, default=32,
+                    help="patches a step (the plain pair's 32; the U-Net body model was trained at 16)")
     ap.add_argument("--seed", type=int, default=1, help="patch seed (the shipped run used 0)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     config = dataclasses.replace(init.body_config, learning_rate=args.lr)
     result = train_model(
         config, pairs, val_pairs=monitor, out_dir=args.out.parent / "body",
-        epochs=args.epochs, steps_per_epoch=args.steps, batch_size=32, val_slices=8,
+        epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, val_slices=8,
         val_patches=512, patience=args.epochs, reduce_lr_patience=8, seed=args.seed,
         threads=args.threads, tensorboard=False, dtype=_dtype_policy("auto"),
         callbacks=[StartFromInit()])

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid._paths import SHARED_DATA_DIR
 from hybrid.io._atomic import sha256_file
 from hybrid.volume import Volume
 
@@ -79,7 +80,7 @@ def default_ct_root() -> Path:
     env = os.environ.get("HYBRID_CT_ROOT")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
+    return SHARED_DATA_DIR / "ct"
 
 
 @dataclass(frozen=True, eq=False)

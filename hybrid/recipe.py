@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hybrid._paths import EXPERIMENTS_DIR
 from hybrid.calibration import calibrate_blender, calibration_samples
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ STAGES = ("cnn", "dictionary", "blender")
 REGIONS = ("lung", "body")
 #: Where the split and the configs live: the repository's ``experiments/`` folder (absent
 #: from an installed package: pass explicit paths there).
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 SPLITS_FILE = EXPERIMENTS_DIR / "splits.json"
 CONFIGS_DIR = EXPERIMENTS_DIR / "configs"
 _PRECISIONS = ("auto", "float32", "bfloat16")

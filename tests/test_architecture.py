@@ -152,3 +152,18 @@ def test_file_and_function_sizes(mod):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
             and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_checkouts_layout_is_derived_in_one_place():
+    """Only hybrid/_paths.py turns ``__file__`` into the repository's or the workspace's
+    folders (``parents[...]``); every other module imports its constants, so moving a folder
+    is one edit.  The constants name this checkout's real folders."""
+    from hybrid._paths import EXPERIMENTS_DIR, REPO_ROOT
+
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}"
+                 for path in MODULES.values() if path.name != "_paths.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if "__file__" in line and "parents[" in line]
+    assert offenders == [], f"derive the checkout's folders in hybrid/_paths.py: {offenders}"
+    assert (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "hybrid").is_dir()
+    assert (EXPERIMENTS_DIR / "splits.json").is_file()

@@ -364,11 +364,11 @@ def test_warm_start_path_is_the_repositorys_whatever_the_working_directory(tmp_p
     with the path looked for."""
     from hybrid.artifacts import default_asset_paths
     from hybrid.cnn.resumable import _warm_start_path
-    from hybrid.recipe import EXPERIMENTS_DIR
+    from hybrid._paths import REPO_ROOT
 
     monkeypatch.chdir(tmp_path)
     assert _warm_start_path("shipped") == Path(default_asset_paths()["cnn"])
-    assert _warm_start_path("hybrid/assets/cnn") == EXPERIMENTS_DIR.parent / "hybrid/assets/cnn"
+    assert _warm_start_path("hybrid/assets/cnn") == REPO_ROOT / "hybrid/assets/cnn"
     assert _warm_start_path(tmp_path) == tmp_path
     with pytest.raises(FileNotFoundError, match=r"'no/such/pair'.*looked for .*no/such/pair"):
         _warm_start_path("no/such/pair")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid._paths import REPO_ROOT
 from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import NOISE_CHANNELS, CNNConfig
 from hybrid.cnn.models import HURootMeanSquaredError, build_model, set_threads
@@ -103,14 +104,13 @@ def _warm_start_path(start: str | os.PathLike) -> Path:
     """The saved pair a config's ``warm_start`` names: "shipped" (``hybrid/assets/cnn``), an
     absolute path, or a path relative to the repository (as the configs in
     ``experiments/configs`` write it), whatever the working directory."""
-    repo = Path(__file__).resolve().parents[2]  # hybrid/cnn/ -> the checkout (hybrid.recipe imports us)
     if str(start) == "shipped":
         from hybrid.artifacts import default_asset_paths
 
         return Path(default_asset_paths()["cnn"])
     path = Path(start)
     if not path.is_absolute():
-        path = repo / path
+        path = REPO_ROOT / path
     if not path.exists():
         raise FileNotFoundError(
             f"Expected the saved CNN pair that cnn.noise.warm_start names; {str(start)!r} "

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid._paths import SHARED_DATA_DIR
 from hybrid.evaluate.cases import _entries, _kernel_of
 from hybrid.evaluate.dose_sweep import SWEEP_GRIDS, _tune_at, _tuning_slices
 from hybrid.evaluate.report import _json_default
@@ -49,9 +50,7 @@ _KEYS = ("rmse_hu", "ssim_lung", "ssim_soft_tissue")
 
 def default_real_pairs_dir() -> Path:
     """``<workspace>/shared/data/real-pairs``, next to the project's checkout."""
-    import hybrid
-
-    return Path(hybrid.__file__).resolve().parents[2] / "shared" / "data" / "real-pairs"
+    return SHARED_DATA_DIR / "real-pairs"
 
 
 def score_on_pairs(restore: Any, folder: str | os.PathLike | None = None
