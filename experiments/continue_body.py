@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="patches a step (the plain pair's 32; the U-Net body model was trained at 16)")
     ap.add_argument("--seed", type=int, default=1, help="patch seed (the shipped run used 0)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smooth-variants", action="store_true",
+                    help="also train on every standard-kernel training case re-filtered to the "
+                         "smooth kernel (hybrid.physics.convert_kernel: its normal dose and both "
+                         "low doses), the smooth class having 3 phantoms of its own and no real case")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     split = load_split()
     held = set(split.held_out_patients)
     cases = [load_case(p) for e, p in iter_cases(args.data) if e["patient_id"] not in held]
-    pairs, monitor = _training_pairs(assign_cases(cases, split))
+    groups = assign_cases(cases, split)
+    pairs, monitor = _training_pairs(groups)
+    if args.smooth_variants:
+        pairs += _smooth_variants(groups["cnn"])
     init = CNNPair.load(args.init)
     weights = args.out.parent / "init_body.weights.h5"
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,25 @@ def main(argv: list[str] | None = None) -> None:
                    body_config=config, metadata=metadata)
     pair.save(args.out)
     print(json.dumps(metadata["monitor"]["body"], indent=1))
+
+
+def _smooth_variants(cases) -> list:
+    """Each standard-kernel case re-filtered to the smooth kernel, nominal and aug dose (FBP
+    is linear: the low dose's noise is re-filtered with its anatomy, as a smooth-kernel
+    reconstruction of the same projections would make it)."""
+    from hybrid.cnn.sampler import TrainingPair
+    from hybrid.physics import convert_kernel
+
+    out = []
+    for case in cases:
+        if case.meta.get("kernel") != "standard":
+            continue
+        nd = convert_kernel(case.nd, "standard", "smooth")
+        for tag, uld in (("", case.uld.array), ("~aug", case.uld_aug)):
+            out.append(TrainingPair(convert_kernel(uld, "standard", "smooth"), nd, case.lung_mask,
+                                    case.body_mask, case.case_id + "~smooth" + tag))
+    logging.info("smooth variants: %d pairs from %d standard-kernel cases", len(out), len(out) // 2)
+    return out
 
 
 if __name__ == "__main__":
