@@ -362,9 +362,9 @@ def test_warm_start_path_is_the_repositorys_whatever_the_working_directory(tmp_p
     """A config's relative ``warm_start`` names a path in the repository (as the configs in
     experiments/configs write it), not in the working directory; a missing one is refused
     with the path looked for."""
+    from hybrid._paths import REPO_ROOT
     from hybrid.artifacts import default_asset_paths
     from hybrid.cnn.resumable import _warm_start_path
-    from hybrid._paths import REPO_ROOT
 
     monkeypatch.chdir(tmp_path)
     assert _warm_start_path("shipped") == Path(default_asset_paths()["cnn"])
