@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybrid._paths import SHARED_DATA_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 #: Real clinical CT, read-only, beside the repository (see its README).
-DATA_ROOT = REPO.parent / "shared" / "data" / "ct"
+DATA_ROOT = SHARED_DATA_DIR / "ct"
 
 
 def real_series(relative: str) -> Path:

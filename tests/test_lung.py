@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from hybrid._paths import SHARED_DATA_DIR
 from hybrid.lung import body_mask, segment
 from hybrid.phantom import LABELS, make_patient, scan_phantom
 
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/ct"
+DATA_ROOT = SHARED_DATA_DIR / "ct"
 REAL_SERIES = DATA_ROOT / "lung-pet-ct-dx-a0001" / "kernel-B-5mm"
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from hybrid import Volume
+from hybrid._paths import SHARED_DATA_DIR
 from hybrid.physics import (
     DEFAULT_I0,
     KERNELS,
@@ -22,7 +21,7 @@ from hybrid.physics import (
     simulate_low_dose,
 )
 
-CT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/ct"
+CT_ROOT = SHARED_DATA_DIR / "ct"
 A0001_B = CT_ROOT / "lung-pet-ct-dx-a0001" / "kernel-B-5mm"
 
 PIXEL_MM = 0.8

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybrid._paths import SHARED_DATA_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = REPO.parent / "shared" / "data" / "real-pairs"
+PAIRS = SHARED_DATA_DIR / "real-pairs"
 CASES = ("mayo2016-case1", "mayo2016-case2", "mayo2016-case3")
 
 
