@@ -57,7 +57,7 @@ class _FakeEnhancer:
         return vol, _FakeMaps(vol.array)
 
 
-def test_compare_on_heldout_report(tiny, tmp_path):
+def test_compare_on_heldout_report(tiny, tmp_path, monkeypatch):
     res = ev.compare_on_heldout(
         tiny, patients=("P01",), baselines=("gaussian", "tv"), tune_cases={"P01": ["P02", "P03"]},
         tune_slices=2, slices=1, grids=ev.FAST_GRIDS, enhancer=_FakeEnhancer(), out=tmp_path)
@@ -73,6 +73,33 @@ def test_compare_on_heldout_report(tiny, tmp_path):
     md = (tmp_path / "baselines_heldout.md").read_text()
     assert "SSIM lung window (−600/1500)" in md and "SSIM soft-tissue window (40/400)" in md
     assert "sigma_px=" in md and "same slices" in md
+    # new models, the same inputs: tuning and baseline scores reused, nothing tuned again
+    class _OtherEnhancer(_FakeEnhancer):
+        def enhance(self, vol, return_maps=False, progress=False):
+            return vol.with_array(vol.array + 5), _FakeMaps(vol.array)
+
+    import hybrid.evaluate.heldout as heldout
+
+    def no_tuning(*a, **k):
+        raise AssertionError("tuned again although the baselines could be reused")
+
+    kw = dict(patients=("P01",), baselines=("gaussian", "tv"), tune_cases={"P01": ["P02", "P03"]},
+              tune_slices=2, slices=1, grids=ev.FAST_GRIDS)
+    with monkeypatch.context() as m:
+        m.setattr(heldout, "_tune_sets", no_tuning)
+        again = ev.compare_on_heldout(tiny, enhancer=_OtherEnhancer(), out=tmp_path / "again",
+                                      reuse_baselines=tmp_path / "baselines_heldout.json", **kw)
+    a = again["cases"]["P01"]["methods"]
+    assert again["reused_baselines"]["cases"] == ["P01"] and again["tuning"] == saved["tuning"]
+    for b in ("gaussian", "tv", "input"):
+        assert a[b]["metrics"]["body"]["rmse_hu"] == pytest.approx(
+            c["methods"][b]["metrics"]["body"]["rmse_hu"], rel=1e-12)
+    assert a["hybrid"]["metrics"]["body"]["rmse_hu"] != c["methods"]["hybrid"]["metrics"]["body"]["rmse_hu"]
+    assert list(a) == list(c["methods"])  # the report's method order is kept
+    # a different input (other slices) is scored afresh
+    fresh = ev.compare_on_heldout(tiny, enhancer=_FakeEnhancer(), **{**kw, "slices": 2},
+                                  reuse_baselines=tmp_path / "baselines_heldout.json")
+    assert fresh["reused_baselines"] is None and fresh["cases"]["P01"]["slices"] == [0, 1]
 
 
 def test_cv_settings_come_from_the_config_files():

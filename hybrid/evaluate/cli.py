@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--slices", type=int, default=8, help="central slices scored per held-out case")
     h.add_argument("--tune-slices", type=int, default=4, help="slices per tuning set")
     h.add_argument("--baselines", nargs="+", default=list(CLASSICAL))
+    h.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
+                   help="a previous baselines_heldout.json: reuse its tuning and baseline "
+                        "scores where the input is exactly the same (new models, no BM3D re-run)")
     d = sub.add_parser("dose-sweep", help="the gate: quality against dose on the held-out "
                        "patients, input / CNN / hybrid / BM3D and NLM tuned per dose (make dose-sweep)")
     d.add_argument("--data", type=Path, default=Path("data"))
@@ -92,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cmd == "heldout":
         res = compare_on_heldout(args.data, baselines=args.baselines, tune_slices=args.tune_slices,
-                                 n_eval_slices=args.slices, out=args.out)
+                                 n_eval_slices=args.slices, out=args.out,
+                                 reuse_baselines=args.reuse_baselines)
         print((Path(args.out) / "baselines_heldout.md").read_text())
         print(f"wall {res['wall_seconds']:.0f} s")
     elif args.cmd == "dose-sweep":
