@@ -102,6 +102,16 @@ def test_shipped_config_is_what_the_shipped_models_were_built_with():
     assert tuple(cal["stride"]) == cfg.blender.stride and cal["include_aug"] == cfg.blender.include_aug
 
 
+def test_the_recipe_named_in_the_shipped_body_models_provenance_is_the_shipped_one():
+    # the shipped body weights were made with `--config blind_unet`; that file is kept as their
+    # provenance, so it must not drift from shipped.json (the one place of the recipe)
+    from hybrid.artifacts import default_asset_paths
+
+    meta = json.loads((default_asset_paths()["cnn"] / "metadata.json").read_text())
+    assert "--config blind_unet" in meta["metadata"]["trained_by"]
+    assert recipe.load_config("blind_unet") == recipe.load_config("shipped")
+
+
 def test_config_budget_override():
     cfg = recipe.load_config("cv").with_budget(epochs=7, steps_per_epoch=None)
     assert {b["epochs"] for b in cfg.cnn.budget.values()} == {7}
