@@ -96,6 +96,7 @@ def test_compare_on_heldout_report(tiny, tmp_path, monkeypatch):
             c["methods"][b]["metrics"]["body"]["rmse_hu"], rel=1e-12)
     assert a["hybrid"]["metrics"]["body"]["rmse_hu"] != c["methods"]["hybrid"]["metrics"]["body"]["rmse_hu"]
     assert list(a) == list(c["methods"])  # the report's method order is kept
+    assert "reused from" in (tmp_path / "again" / "baselines_heldout.md").read_text()
     # a different input (other slices) is scored afresh
     fresh = ev.compare_on_heldout(tiny, enhancer=_FakeEnhancer(), **{**kw, "slices": 2},
                                   reuse_baselines=tmp_path / "baselines_heldout.json")

@@ -369,6 +369,11 @@ def write_heldout_report(result: Mapping[str, Any], out: str | os.PathLike) -> t
     if sps:
         lines += ["", "Seconds per slice on this machine (2 shared cores): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in sps.items()) + "."]
+    reused = result.get("reused_baselines")
+    if reused:
+        lines += ["", f"The baselines' tuning, scores and times of {', '.join(reused['cases'])} "
+                  f"are reused from `{reused['from']}` (the same slices and input; "
+                  "`--reuse-baselines`); the hybrid was run again."]
     with atomic_file(mpath, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return jpath, mpath
