@@ -158,17 +158,17 @@ def train(args) -> None:
     from hybrid.cnn.infer import CNNPair
     from hybrid.cnn.models import compile_model, set_threads
     from hybrid.data import iter_cases, load_case
-    from hybrid.recipe import _dtype_policy, _training_pairs, assign_cases, load_split
+    from hybrid.recipe import assign_cases, dtype_policy, load_split, training_pairs
 
     set_threads(args.threads)
     split = load_split()
     held = set(split.held_out_patients)
     cases = [load_case(p) for e, p in iter_cases(args.data) if e["patient_id"] not in held]
-    pairs, monitor = _training_pairs(assign_cases(cases, split))
+    pairs, monitor = training_pairs(assign_cases(cases, split))
     shipped = CNNPair.load(SHIPPED)
     config = dataclasses.replace(shipped.body_config, noise_input=True, name="body-unet-context",
                                  learning_rate=args.lr)
-    model = compile_model(context_model(shipped.body_model, config, _dtype_policy("auto")), config)
+    model = compile_model(context_model(shipped.body_model, config, dtype_policy("auto")), config)
 
     sampler = context_sampler(pairs, patch_size=config.patch_size, seed=args.seed)
     val = context_sampler(monitor, patch_size=config.patch_size, seed=0)

@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     from hybrid.cnn.infer import CNNPair
     from hybrid.cnn.train import train_model
     from hybrid.data import iter_cases, load_case
-    from hybrid.recipe import _dtype_policy, _training_pairs, assign_cases, load_split
+    from hybrid.recipe import assign_cases, dtype_policy, load_split, training_pairs
 
     split = load_split()
     held = set(split.held_out_patients)
     cases = [load_case(p) for e, p in iter_cases(args.data) if e["patient_id"] not in held]
     groups = assign_cases(cases, split)
-    pairs, monitor = _training_pairs(groups)
+    pairs, monitor = training_pairs(groups)
     if args.smooth_variants:
         pairs += _smooth_variants(groups["cnn"])
     init = CNNPair.load(args.init)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         config, pairs, val_pairs=monitor, out_dir=args.out.parent / "body",
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, val_slices=8,
         val_patches=512, patience=args.epochs, reduce_lr_patience=8, seed=args.seed,
-        threads=args.threads, tensorboard=False, dtype=_dtype_policy("auto"),
+        threads=args.threads, tensorboard=False, dtype=dtype_policy("auto"),
         callbacks=[StartFromInit()])
     logging.info("body: monitor slice RMSE %.1f HU (best epoch %d of %d, %.0f s)",
                  result.val_slice_rmse_hu, result.best_epoch, result.epochs_run, result.seconds)

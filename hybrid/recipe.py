@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "STAGES", "REGIONS", "Split", "load_split", "CNNStage", "DictionaryStage", "BlenderStage",
     "RecipeConfig", "load_config", "config_sections", "Models", "train", "train_from_cases",
-    "assign_cases", "train_cnn", "build_dictionary", "calibrate_blender", "calibration_samples",
+    "assign_cases", "training_pairs", "dtype_policy", "train_cnn", "build_dictionary",
+    "calibrate_blender", "calibration_samples",
 ]
 
 #: The stages of the recipe, in the order they run.
@@ -616,7 +617,10 @@ def _cnn_configs(stage: CNNStage) -> dict[str, Any]:
     return out
 
 
-def _dtype_policy(precision: str) -> str | None:
+def dtype_policy(precision: str) -> str | None:
+    """The Keras dtype policy of a CNN stage's ``precision`` ("auto", "bfloat16" or
+    "float32"): ``"mixed_bfloat16"`` for "bfloat16", and for "auto" where the CPU or GPU
+    has native bfloat16; otherwise None (float32)."""
     from hybrid.cnn.infer import native_bfloat16
 
     if precision == "bfloat16" or (precision == "auto" and native_bfloat16()):
@@ -624,7 +628,10 @@ def _dtype_policy(precision: str) -> str | None:
     return None
 
 
-def _training_pairs(groups: Mapping[str, list]) -> tuple[list, list]:
+def training_pairs(groups: Mapping[str, list]) -> tuple[list, list]:
+    """The CNN stage's data from :func:`assign_cases` groups: every ``"cnn"`` case at its
+    nominal dose and at its aug dose (two :class:`~hybrid.cnn.sampler.TrainingPair` each, the
+    second's id ending in ``~aug``), and the ``"monitor"`` cases at their nominal dose."""
     from hybrid.cnn.sampler import TrainingPair
 
     train, monitor = [], []
@@ -649,13 +656,13 @@ def train_cnn(groups: Mapping[str, list], *, split: Split, config: RecipeConfig,
     from hybrid.cnn.train import train_model
 
     stage = config.cnn
-    pairs, monitor = _training_pairs(groups)
+    pairs, monitor = training_pairs(groups)
     if not pairs or not monitor:
         raise ValueError(f"Expected training and monitor (calibration patients "
                          f"{list(split.calibration)}) cases for the CNN; received {len(pairs)} "
                          f"training pairs and {len(monitor)} monitor pairs.")
     configs = _cnn_configs(stage)
-    dtype = _dtype_policy(stage.precision)
+    dtype = dtype_policy(stage.precision)
     log.info("training %s with dtype policy %s", ", ".join(regions), dtype or "float32")
     results = {}
     if stage.noise is not None:
