@@ -209,7 +209,7 @@ def score(args) -> None:
     from hybrid.cnn.infer import CNNPair, blend_weight
     from hybrid.cnn.models import build_model
     from hybrid.data import load_case
-    from hybrid.evaluate.cases import _case_path, _entries, _kernel_of, central_slices
+    from hybrid.evaluate.cases import case_entries, case_file, central_slices, kernel_class
     from hybrid.evaluate.scoring import score_methods
     from hybrid.physics import simulate_low_dose
     from hybrid.recipe import load_split
@@ -223,12 +223,12 @@ def score(args) -> None:
     held = set(load_split().held_out_patients)
     rows = []
     todo = []
-    for e in [e for e in _entries(args.data) if e["patient_id"] in held]:
+    for e in [e for e in case_entries(args.data) if e["patient_id"] in held]:
         n_total = int(e["n_slices"])
         slab = central_slices(n_total, args.slices + 2)
-        case = load_case(_case_path(args.data, e), slices=slice(slab[0], slab[-1] + 1))
+        case = load_case(case_file(args.data, e), slices=slice(slab[0], slab[-1] + 1))
         todo.append((e["case_id"], case.uld.with_array(case.nd), case.lung_mask, case.body_mask,
-                     _kernel_of(e), list(case.uld.spacing)))
+                     kernel_class(e), list(case.uld.spacing)))
     spacing = {}
     for cid, source, lung_all, body_all, kernel, sp in todo:
         spacing[cid] = sp

@@ -79,7 +79,7 @@ def _score(images, nd, body, spacing):
 def cmd_grid(args) -> None:
     from hybrid.cnn.multidose import at_dose
     from hybrid.data import load_case
-    from hybrid.evaluate.cases import _case_path, _entries
+    from hybrid.evaluate.cases import case_entries, case_file
     from hybrid.evaluate.dose_sweep import _low_dose, _tuning_slices
     from hybrid.evaluate.real_pairs import _training_cases
     from hybrid.pipeline import Enhancer
@@ -91,10 +91,10 @@ def cmd_grid(args) -> None:
     enh = Enhancer(blender=args.blender) if args.blender else Enhancer()
     real_ids = _training_cases(root, held, max_cases=4)
     slices, picked = _tuning_slices(root, real_ids, 4)
-    ents = [e for e in _entries(root) if e["kind"] == "phantom" and e["patient_id"] in PHANTOMS]
+    ents = [e for e in case_entries(root) if e["kind"] == "phantom" and e["patient_id"] in PHANTOMS]
     phantoms = []
     for e in ents:
-        c = load_case(_case_path(root, e))
+        c = load_case(case_file(root, e))
         z = slice(len(c.nd) // 2 - 1, len(c.nd) // 2 + 1)
         phantoms.append((c.nd[z], c.uld.array[z] - c.nd[z], c.body_mask[z], c.uld.spacing,
                          float(c.meta["dose_fraction"])))
@@ -145,7 +145,7 @@ def cmd_calibrate(args) -> None:
     from hybrid.blend import Blender
     from hybrid.calibration import calibrate_blender
     from hybrid.data import load_case
-    from hybrid.evaluate.cases import _case_path, _entries
+    from hybrid.evaluate.cases import case_entries, case_file
     from hybrid.pipeline import Enhancer
     from hybrid.recipe import load_config, load_split
 
@@ -159,7 +159,7 @@ def cmd_calibrate(args) -> None:
     rule = dict(config.blender.input_rule, slices_per_case=args.slices)
     config = dataclasses.replace(config, blender=dataclasses.replace(config.blender,
                                                                      input_rule=rule))
-    cases = [load_case(_case_path(root, e)) for e in _entries(root) if e["patient_id"] in patients]
+    cases = [load_case(case_file(root, e)) for e in case_entries(root) if e["patient_id"] in patients]
     shipped = Enhancer()
     t = time.perf_counter()
     b = calibrate_blender(cases, shipped.cnn, None, patients=patients, config=config)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["central_slices"]
+__all__ = ["central_slices", "case_entries", "case_file", "kernel_class"]
 
 
 def central_slices(n_total: int, n: int | None) -> list[int]:
@@ -35,17 +35,19 @@ def _by_centrality(n_total: int) -> list[int]:
     mid = (n_total - 1) / 2
     return sorted(range(n_total), key=lambda i: (abs(i - mid), i))
 
-def _entries(root: Path) -> list[dict[str, Any]]:
+def case_entries(root: Path) -> list[dict[str, Any]]:
+    """The manifest entries of the paired dataset at ``root`` (``make data``), one per case."""
     from hybrid.data import load_manifest
 
     return list(load_manifest(root)["cases"])
 
 
-def _case_path(root: Path, entry: Mapping[str, Any]) -> Path:
+def case_file(root: Path, entry: Mapping[str, Any]) -> Path:
+    """The HDF5 file of a manifest entry's case (for :func:`hybrid.data.load_case`)."""
     return Path(root) / entry["file"]
 
 
-def _kernel_of(entry: Mapping[str, Any]) -> str:
+def kernel_class(entry: Mapping[str, Any]) -> str:
     """Kernel class (smooth / standard / sharp) of a manifest entry."""
     from hybrid.physics import kernel_for
 

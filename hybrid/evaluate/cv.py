@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.cases import _case_path, _entries, central_slices
+from hybrid.evaluate.cases import case_entries, case_file, central_slices
 from hybrid.evaluate.figures import _boxplots, _example_figure
 from hybrid.evaluate.report import (
     _git_revision,
@@ -122,7 +122,7 @@ def _pick_calibration(train_patients: Sequence[str], kind: str, root: Path | Non
         lung: dict[str, int] = {}
         for e in entries:
             if e["patient_id"] in train_patients and e["kind"] == kind:
-                arrays, _ = read_arrays(_case_path(root, e), ["lung_mask"], require=("lung_mask",))
+                arrays, _ = read_arrays(case_file(root, e), ["lung_mask"], require=("lung_mask",))
                 lung[e["patient_id"]] = lung.get(e["patient_id"], 0) + int(arrays["lung_mask"].sum())
         if lung:
             return max(sorted(lung), key=lambda p: lung[p])
@@ -193,7 +193,7 @@ def train_fold_models(
     info: dict[str, Any] = {"set": kind, "test_patient": test_patient, "calibration_patient": calib,
                             "train_cases": train_ids}
     models = train_from_cases(
-        [load_case(_case_path(root, by_id[c])) for c in train_ids],
+        [load_case(case_file(root, by_id[c])) for c in train_ids],
         split=Split(held_out=(test_patient,), calibration=(calib,)), config=config,
         work=work / "cnn", threads=threads, dictionary_name=f"cv-{test_patient}")
     info["cnn_seconds"] = models.seconds["cnn"]
@@ -231,7 +231,7 @@ def _run_fold(root: Path, kind: str, fold: Mapping[str, Any], entries: list[dict
             tune_cache[key] = {"slices": picked,
                                "baselines": tune_baselines(pairs, list(baselines), grids=cv["grids"])}
         tuned = tune_cache[key]["baselines"]
-        case = load_case(_case_path(root, e))
+        case = load_case(case_file(root, e))
         idx = central_slices(len(case.uld), cv["eval_slices"])
         enh, maps = enhancer.enhance(case.uld, return_maps=True, progress=False)
         uld = case.uld.array[idx]
@@ -353,7 +353,7 @@ def cross_validate(
     if not folds_path.exists():
         raise FileNotFoundError(f"Expected {folds_path} (leave-one-patient-out folds); run `make data` first.")
     all_folds = json.loads(folds_path.read_text())
-    entries = _entries(root)
+    entries = case_entries(root)
     csv_path, info_path = out / "cv_results.csv", out / "cv_folds.json"
     rows = _read_csv(csv_path) if resume else []
     infos = json.loads(info_path.read_text()).get("folds", []) if resume and info_path.exists() else []

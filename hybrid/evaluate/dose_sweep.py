@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.cases import _case_path, _entries, _kernel_of, central_slices
+from hybrid.evaluate.cases import case_entries, case_file, central_slices, kernel_class
 from hybrid.evaluate.figures import _dose_sweep_figure
 from hybrid.evaluate.heldout import _tuning_plan
 from hybrid.evaluate.report import _json_default
@@ -142,7 +142,7 @@ def dose_sweep(
 
         patients = load_split().held_out_patients
     root = Path(data_root)
-    entries = _entries(root)
+    entries = case_entries(root)
     held = [e for e in entries if e["patient_id"] in set(patients)
             and (cases is None or e["case_id"] in set(cases))]
     if not held:
@@ -167,9 +167,9 @@ def dose_sweep(
     for e in held:
         n_total = int(e["n_slices"])
         slab = central_slices(n_total, n_slices + 2 * context)
-        case = load_case(_case_path(root, e), slices=slice(slab[0], slab[-1] + 1))
+        case = load_case(case_file(root, e), slices=slice(slab[0], slab[-1] + 1))
         idx = [i for i, z in enumerate(slab) if z in set(central_slices(n_total, n_slices))]
-        kernel = _kernel_of(e)
+        kernel = kernel_class(e)
         set_key = "+".join(plan[e["case_id"]])
         case_info[e["case_id"]] = {"patient": e["patient_id"], "kind": e["kind"], "kernel": kernel,
                                    "slices": [slab[i] for i in idx], "n_slices_total": n_total,
@@ -246,13 +246,13 @@ def _tuning_slices(root: Path, ids: Sequence[str], n: int) -> tuple[list[tuple[A
     from hybrid.data import load_case
 
     _, picked = _tune_pairs(root, ids, n)
-    by_id = {e["case_id"]: e for e in _entries(root)}
+    by_id = {e["case_id"]: e for e in case_entries(root)}
     out = []
     for cid, zs in picked.items():
         for z in zs:
-            c = load_case(_case_path(root, by_id[cid]), slices=slice(z, z + 1))
+            c = load_case(case_file(root, by_id[cid]), slices=slice(z, z + 1))
             if c.body_mask.any():
-                out.append((c.uld.with_array(c.nd), c.body_mask, _kernel_of(by_id[cid])))
+                out.append((c.uld.with_array(c.nd), c.body_mask, kernel_class(by_id[cid])))
     return out, picked
 
 
@@ -270,7 +270,7 @@ def _tune_per_dose(root: Path, ids: Sequence[str], doses: Sequence[float], *,
                    baselines: Sequence[str], grids: Mapping[str, Mapping[str, Sequence[Any]]],
                    n: int, seed: int) -> dict[str, Any]:
     """Per dose < 1 the tuned baselines of one tuning set; f = 1 uses the largest dose below it."""
-    by_id = {e["case_id"]: e for e in _entries(root)}
+    by_id = {e["case_id"]: e for e in case_entries(root)}
     slices, picked = _tuning_slices(root, ids, n) if baselines else ([], {})
     tune_doses = sorted({f for f in doses if f < 1.0} or {_GATE_MAX_DOSE})
     per_dose = {}
@@ -283,7 +283,7 @@ def _tune_per_dose(root: Path, ids: Sequence[str], doses: Sequence[float], *,
         log.info("tuned %s at dose %.2f: %s", "+".join(ids), f,
                  {b: v["params"] for b, v in per_dose[f"{f:.2f}"].items()})
     return {"cases": list(ids), "patients": sorted({by_id[c]["patient_id"] for c in ids}),
-            "kernels": sorted({_kernel_of(by_id[c]) for c in ids}), "slices": picked,
+            "kernels": sorted({kernel_class(by_id[c]) for c in ids}), "slices": picked,
             "n_slices": len(slices), "per_dose": per_dose}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.evaluate.cases import _case_path, _entries, _kernel_of, central_slices
+from hybrid.evaluate.cases import case_entries, case_file, central_slices, kernel_class
 from hybrid.evaluate.report import _json_default
 from hybrid.evaluate.scoring import (
     _LABELS,
@@ -105,7 +105,7 @@ def compare_on_heldout(
 
         patients = load_split().held_out_patients
     root = Path(data_root)
-    entries = _entries(root)
+    entries = case_entries(root)
     held = [e for e in entries if e["patient_id"] in set(patients)]
     if not held:
         raise ValueError(f"Expected cases of patients {list(patients)} in {root}; none found.")
@@ -134,7 +134,7 @@ def compare_on_heldout(
     timings: dict[str, list[float]] = {}
     for e in held:
         cid = e["case_id"]
-        case = load_case(_case_path(root, e))
+        case = load_case(case_file(root, e))
         n = len(case.uld)
         if isinstance(slices, Mapping):
             idx = list(slices.get(cid, central_slices(n, n_eval_slices)))
@@ -234,7 +234,7 @@ def _tune_sets(root: Path, entries: Sequence[Mapping[str, Any]], plan: Mapping[s
         log.info("tuning on %s (%d slices)", picked, len(pairs))
         tuned = tune_baselines(pairs, ["input", *baselines], grids=grids)
         tuning[key] = {"cases": list(ids), "slices": picked,
-                       "kernels": sorted({_kernel_of(next(x for x in entries if x["case_id"] == c))
+                       "kernels": sorted({kernel_class(next(x for x in entries if x["case_id"] == c))
                                           for c in ids}),
                        "baselines": tuned}
     return tuning

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hybrid._paths import SHARED_DATA_DIR
-from hybrid.evaluate.cases import _entries, _kernel_of
+from hybrid.evaluate.cases import case_entries, kernel_class
 from hybrid.evaluate.dose_sweep import SWEEP_GRIDS, _tune_at, _tuning_slices
 from hybrid.evaluate.report import _json_default
 from hybrid.evaluate.scoring import _LABELS, score_methods
@@ -99,9 +99,9 @@ def _load_pairs(folder: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def _training_cases(root: Path, exclude: Sequence[str], max_cases: int = 4) -> list[str]:
     """Training cases for the tuning: real standard-kernel cases outside ``exclude`` (else any)."""
-    pool = [e for e in _entries(root) if e["patient_id"] not in set(exclude)]
-    for keep in (lambda e: e["kind"] == "real" and _kernel_of(e) == "standard",
-                 lambda e: _kernel_of(e) == "standard", lambda e: True):
+    pool = [e for e in case_entries(root) if e["patient_id"] not in set(exclude)]
+    for keep in (lambda e: e["kind"] == "real" and kernel_class(e) == "standard",
+                 lambda e: kernel_class(e) == "standard", lambda e: True):
         chosen = [e["case_id"] for e in pool if keep(e)]
         if chosen:
             return chosen[:max_cases]
@@ -162,7 +162,7 @@ def real_pairs(
     root = Path(data_root)
     t_start = time.perf_counter()
     ids = list(tune_cases) if tune_cases is not None else _training_cases(root, exclude_patients)
-    by_id = {e["case_id"]: e for e in _entries(root)}
+    by_id = {e["case_id"]: e for e in case_entries(root)}
     bad = [c for c in ids if c not in by_id or by_id[c]["patient_id"] in set(exclude_patients)]
     if bad:
         raise ValueError(f"Expected training cases of {root} outside {list(exclude_patients)}; "

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybrid.evaluate.cases import _by_centrality, _case_path, _entries, _kernel_of
+from hybrid.evaluate.cases import _by_centrality, case_entries, case_file, kernel_class
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,14 @@ def default_tune_cases(
     is left, any training case of the same kind (then of any kind) is used
     instead of raising (small data sets in cross-validation).
     """
-    entries = _entries(Path(data_root))
+    entries = case_entries(Path(data_root))
     by_id = {e["case_id"]: e for e in entries}
     if case_id not in by_id:
         raise ValueError(f"Expected case {case_id!r} in {data_root}; cases: {sorted(by_id)}.")
     me = by_id[case_id]
     drop = set(exclude_patients) | {me["patient_id"]}
-    kernel = _kernel_of(me)
-    pool = [e for e in entries if e["patient_id"] not in drop and _kernel_of(e) == kernel]
+    kernel = kernel_class(me)
+    pool = [e for e in entries if e["patient_id"] not in drop and kernel_class(e) == kernel]
     same_kind = [e for e in pool if e["kind"] == me["kind"]]
     chosen = same_kind or pool
     if not chosen and not strict:
@@ -104,7 +104,7 @@ def _tune_pairs(root: Path, case_ids: Sequence[str], n_slices: int) -> tuple[lis
     """``n_slices`` (ULD, ND, body) 2-D pairs, round-robin over the cases' central slices."""
     from hybrid.data import load_case
 
-    by_id = {e["case_id"]: e for e in _entries(root)}
+    by_id = {e["case_id"]: e for e in case_entries(root)}
     orders = {}
     for cid in case_ids:
         if cid not in by_id:
@@ -122,7 +122,7 @@ def _tune_pairs(root: Path, case_ids: Sequence[str], n_slices: int) -> tuple[lis
     for cid, idx in picks.items():
         if not idx:
             continue
-        case = load_case(_case_path(root, by_id[cid]))
+        case = load_case(case_file(root, by_id[cid]))
         for z in sorted(idx):
             if case.body_mask[z].any():
                 pairs.append((case.uld.array[z], case.nd[z], case.body_mask[z]))
