@@ -305,20 +305,8 @@ class PatchSampler:
         if return_masks:
             lung = np.empty((n, p, p), bool)
             body = np.empty((n, p, p), bool)
-        # equal share per patient; the remainder goes to a random subset
-        n_pat = len(self._patients)
-        per = np.full(n_pat, n // n_pat)
-        per[self.rng.choice(n_pat, n % n_pat, replace=False)] += 1
-        who = np.repeat(np.asarray(self._patients), per)
-        who = who[self.rng.permutation(n)]
-        for j, i in enumerate(who):
-            pair = self.pairs[i]
-            k = self._next_slice(int(i))
-            cand = self._candidates[i][k]
-            flat = int(cand[self.rng.integers(cand.size)])
-            wv = pair.shape[2] - p + 1
-            y0, x0 = divmod(flat, wv)
-            sl = (k, slice(y0, y0 + p), slice(x0, x0 + p))
+        for j, (pair, k, rows, cols) in enumerate(self.positions(n)):
+            sl = (k, rows, cols)
             a, b = pair.uld[sl], pair.nd[sl]
             if return_masks:
                 m1, m2 = pair.lung_mask[sl], pair.body_mask[sl]
@@ -334,6 +322,24 @@ class PatchSampler:
         if return_masks:
             return uld, nd, lung, body
         return uld, nd
+
+    def positions(self, n: int):
+        """Yield ``n`` patch positions ``(pair, slice index, rows, cols)``: patients in equal
+        shares (the remainder to a random subset), within a patient its slices in turn, a
+        random admissible corner in the slice.  Lazy, so that a caller's own draws between
+        items (the augmentation of :meth:`sample`) keep their place in the seeded stream."""
+        p = self.patch_size
+        n_pat = len(self._patients)
+        per = np.full(n_pat, n // n_pat)
+        per[self.rng.choice(n_pat, n % n_pat, replace=False)] += 1
+        who = np.repeat(np.asarray(self._patients), per)
+        who = who[self.rng.permutation(n)]
+        for i in who:
+            pair = self.pairs[i]
+            k = self._next_slice(int(i))
+            cand = self._candidates[i][k]
+            y0, x0 = divmod(int(cand[self.rng.integers(cand.size)]), pair.shape[2] - p + 1)
+            yield pair, k, slice(y0, y0 + p), slice(x0, x0 + p)
 
 
 def _augment(x: np.ndarray, rot: int, flip: bool) -> np.ndarray:
