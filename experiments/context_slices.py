@@ -81,21 +81,11 @@ def context_sampler(pairs, *, patch_size: int, seed: int):
             p = self.patch_size
             uld = np.empty((n, 3, p, p), np.float32)  # centre, previous, next
             nd = np.empty((n, p, p), np.float32)
-            n_pat = len(self._patients)
-            per = np.full(n_pat, n // n_pat)
-            per[self.rng.choice(n_pat, n % n_pat, replace=False)] += 1
-            who = np.repeat(np.asarray(self._patients), per)[self.rng.permutation(n)]
-            for j, i in enumerate(who):
-                pair = self.pairs[i]
-                k = self._next_slice(int(i))
-                cand = self._candidates[i][k]
-                y0, x0 = divmod(int(cand[self.rng.integers(cand.size)]), pair.shape[2] - p + 1)
-                z = pair.shape[0]
-                ks = [k, max(k - 1, 0), min(k + 1, z - 1)]
+            for j, (pair, k, rows, cols) in enumerate(self.positions(n)):
+                ks = [k, max(k - 1, 0), min(k + 1, pair.shape[0] - 1)]
                 if self.rng.integers(2):
                     ks[1], ks[2] = ks[2], ks[1]
-                a = pair.uld[ks, y0:y0 + p, x0:x0 + p]
-                b = pair.nd[k, y0:y0 + p, x0:x0 + p]
+                a, b = pair.uld[ks, rows, cols], pair.nd[k, rows, cols]
                 rot, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
                 if flip:
                     a, b = a[..., ::-1], b[..., ::-1]
@@ -147,8 +137,8 @@ def forward_context(model, config, stack_hu: np.ndarray) -> np.ndarray:
     from hybrid.cnn.unet import forward_padded
 
     x = config.normalize(stack_hu)
-    out = [forward_padded(model, config, x[i:i + 1], noise=neighbours(x)[i:i + 1])
-           for i in range(len(x))]
+    nb = neighbours(x)
+    out = [forward_padded(model, config, x[i:i + 1], noise=nb[i:i + 1]) for i in range(len(x))]
     return config.denormalize(np.concatenate(out))
 
 
@@ -206,7 +196,7 @@ def train(args) -> None:
 
 def score(args) -> None:
     from hybrid.cnn.config import CNNConfig
-    from hybrid.cnn.infer import CNNPair, blend_weight
+    from hybrid.cnn.infer import CNNPair
     from hybrid.cnn.models import build_model
     from hybrid.data import load_case
     from hybrid.evaluate.cases import case_entries, case_file, central_slices, kernel_class
@@ -221,41 +211,29 @@ def score(args) -> None:
     control = (CNNPair.load(args.control).with_settings(precision="float32")
                if args.control else None)
     held = set(load_split().held_out_patients)
-    rows = []
-    todo = []
+    rows, spacing = [], {}
     for e in [e for e in case_entries(args.data) if e["patient_id"] in held]:
-        n_total = int(e["n_slices"])
-        slab = central_slices(n_total, args.slices + 2)
+        cid = e["case_id"]
+        slab = central_slices(int(e["n_slices"]), args.slices + 2)
         case = load_case(case_file(args.data, e), slices=slice(slab[0], slab[-1] + 1))
-        todo.append((e["case_id"], case.uld.with_array(case.nd), case.lung_mask, case.body_mask,
-                     kernel_class(e), list(case.uld.spacing)))
-    spacing = {}
-    for cid, source, lung_all, body_all, kernel, sp in todo:
-        spacing[cid] = sp
-        idx = slice(1, len(source.array) - 1)
-        nd, lung, body = source.array[idx], lung_all[idx], body_all[idx]
+        spacing[cid] = list(case.uld.spacing)
+        source = case.uld.with_array(case.nd)
+        idx = slice(1, len(slab) - 1)
+        nd, lung, body = case.nd[idx], case.lung_mask[idx], case.body_mask[idx]
         for f in args.doses:
-            rng = np.random.default_rng([args.seed, int(f * 1e4), len(source.array)])
-            uld = simulate_low_dose(source, f, rng=rng, kernel=kernel, progress=False).array
-            lung_hu = shipped.predict_region("lung", uld[idx])
-            w = blend_weight(lung, sigma=shipped.transition_sigma)
-            body_1 = shipped.predict_region("body", uld[idx])
-            body_3 = forward_context(model, config, uld)[idx]
-            imgs = {"input": uld[idx], "cnn (1 slice)": w * lung_hu + (1 - w) * body_1}
-            if control is not None:
-                body_c = control.predict_region("body", uld[idx])
-                imgs["cnn (1 slice, trained as long)"] = w * lung_hu + (1 - w) * body_c
-            imgs["cnn (3 slices)"] = w * lung_hu + (1 - w) * body_3
+            rng = np.random.default_rng([args.seed, int(f * 1e4), len(slab)])
+            uld = simulate_low_dose(source, f, rng=rng, kernel=kernel_class(e),
+                                    progress=False).array
+            imgs = {"input": uld[idx],
+                    **_proposals(shipped, model, config, control, uld, lung, idx)}
             scored = score_methods(imgs, nd, lung, body)
-            outside = body & ~lung
-            for m, img in imgs.items():
-                met = scored[m]["metrics"]["body"]
+            for m in imgs:
+                met = scored[m]["metrics"]
                 rows.append({"case": cid, "dose_fraction": f, "method": m,
-                             "rmse_hu": float(met["rmse_hu"]),
-                             "rmse_outside_lungs_hu": float(np.sqrt(np.mean(
-                                 (img[outside].astype(np.float64) - nd[outside]) ** 2))),
-                             "ssim_lung": float(met["ssim_lung"]),
-                             "ssim_soft_tissue": float(met["ssim_soft_tissue"])})
+                             "rmse_hu": float(met["body"]["rmse_hu"]),
+                             "rmse_outside_lungs_hu": float(met["non_lung"]["rmse_hu"]),
+                             "ssim_lung": float(met["body"]["ssim_lung"]),
+                             "ssim_soft_tissue": float(met["body"]["ssim_soft_tissue"])})
             logging.info("%s %.2f: %s", cid, f, {r["method"]: round(r["rmse_hu"], 2)
                                                   for r in rows[-len(imgs):]})
     real = _real_pairs(shipped, model, config, control)
@@ -288,22 +266,31 @@ def score(args) -> None:
     print("\n".join(lines))
 
 
+def _proposals(shipped, model, config, control, stack, lung, idx):
+    """CNN-only proposals for the slices ``idx`` of ``stack`` (HU) with lung mask ``lung`` (of
+    those slices): the shipped lung model blended with each body model (shipped, the control
+    if given, the 3-slice model, which sees the whole stack for the neighbours)."""
+    from hybrid.cnn.infer import blend_weight
+
+    x = stack[idx]
+    w = blend_weight(lung, sigma=shipped.transition_sigma)
+    lung_hu = shipped.predict_region("lung", x)
+    bodies = {"cnn (1 slice)": shipped.predict_region("body", x)}
+    if control is not None:
+        bodies["cnn (1 slice, trained as long)"] = control.predict_region("body", x)
+    bodies["cnn (3 slices)"] = forward_context(model, config, stack)[idx]
+    return {name: w * lung_hu + (1 - w) * body for name, body in bodies.items()}
+
+
 def _real_pairs(shipped, model, config, control):
     """The real quarter-dose pairs (check only): the body models as above, no neighbours."""
-    from hybrid.cnn.infer import blend_weight
     from hybrid.evaluate.real_pairs import SPACING, score_on_pairs
     from hybrid.lung import segment
 
     def restore(ld):
         x = ld.array
-        w = blend_weight(segment(x, spacing=SPACING), sigma=shipped.transition_sigma)
-        lung = shipped.predict_region("lung", x)
-        out = {"cnn (1 slice)": w * lung + (1 - w) * shipped.predict_region("body", x)}
-        if control is not None:
-            out["cnn (1 slice, trained as long)"] = (w * lung + (1 - w)
-                                                     * control.predict_region("body", x))
-        out["cnn (3 slices)"] = w * lung + (1 - w) * forward_context(model, config, x)
-        return out
+        return _proposals(shipped, model, config, control, x, segment(x, spacing=SPACING),
+                          slice(None))
 
     return score_on_pairs(restore)
 
