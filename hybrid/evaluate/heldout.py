@@ -118,13 +118,6 @@ def compare_on_heldout(
     tuning: dict[str, dict[str, Any]] = {}
     reused: list[str] = []
 
-    def tuned_for(cid: str) -> dict[str, Any]:
-        key = "+".join(plan[cid])
-        if key not in tuning:
-            tuning.update(_tune_sets(root, entries, {cid: plan[cid]}, baselines=baselines,
-                                     tune_slices=tune_slices, grids=grids))
-        return tuning[key]["baselines"]
-
     # 2. scoring
     if enhancer is None:
         from hybrid.pipeline import Enhancer
@@ -134,6 +127,7 @@ def compare_on_heldout(
     timings: dict[str, list[float]] = {}
     for e in held:
         cid = e["case_id"]
+        key = "+".join(plan[cid])
         case = load_case(case_file(root, e))
         n = len(case.uld)
         if isinstance(slices, Mapping):
@@ -149,9 +143,8 @@ def compare_on_heldout(
         if maps.dictionary is not None:  # an Enhancer with a dictionary
             imgs["dictionary"] = maps.dictionary[idx]
         scored = score_methods(imgs, nd, lung, body)
-        prev = _reusable(old, cid, idx, "+".join(plan[cid]), scored["input"], baselines)
+        prev = _reusable(old, cid, idx, key, scored["input"], baselines)
         if prev is not None:
-            key = "+".join(plan[cid])
             tuning.setdefault(key, old["tuning"][key])
             scored.update({b: prev["methods"][b] for b in baselines})
             for b in baselines:
@@ -159,8 +152,11 @@ def compare_on_heldout(
                     timings.setdefault(b, []).append(float(old["seconds_per_slice"][b]))
             reused.append(cid)
         else:
+            if key not in tuning:
+                tuning.update(_tune_sets(root, entries, {cid: plan[cid]}, baselines=baselines,
+                                         tune_slices=tune_slices, grids=grids))
             t_b: dict[str, float] = {}
-            tuned = {k: v for k, v in tuned_for(cid).items() if k != "input"}
+            tuned = {k: v for k, v in tuning[key]["baselines"].items() if k != "input"}
             scored.update(score_methods(_baseline_images(uld, body, tuned, t_b), nd, lung, body))
             for k, v in t_b.items():
                 timings.setdefault(k, []).append(v)
@@ -169,7 +165,7 @@ def compare_on_heldout(
         cases[cid] = {
             "patient": case.patient_id, "kind": case.kind, "kernel": case.meta.get("kernel"),
             "dicom_kernel": case.meta.get("dicom_kernel"), "slices": idx, "n_slices_total": n,
-            "tuning_set": "+".join(plan[cid]), "methods": scored,
+            "tuning_set": key, "methods": scored,
         }
         log.info("scored %s on slices %s", cid, idx)
     result = {
