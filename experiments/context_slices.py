@@ -71,9 +71,10 @@ def neighbours(stack: np.ndarray) -> np.ndarray:
     return np.stack([prev, nxt], axis=-1)
 
 
-def context_sampler(pairs, *, patch_size: int, seed: int):
+def context_sampler(pairs, *, patch_size: int, seed: int, augment: bool = True):
     """A :class:`~hybrid.cnn.sampler.PatchSampler` of body patches whose ``sample3`` also
-    returns the two neighbouring slices' patches."""
+    returns the two neighbouring slices' patches; with ``augment`` the neighbours are swapped
+    at random and each patch flipped and rotated (as the sampler's own ``sample``)."""
     from hybrid.cnn.sampler import PatchSampler
 
     class ContextSampler(PatchSampler):
@@ -83,17 +84,19 @@ def context_sampler(pairs, *, patch_size: int, seed: int):
             nd = np.empty((n, p, p), np.float32)
             for j, (pair, k, rows, cols) in enumerate(self.positions(n)):
                 ks = [k, max(k - 1, 0), min(k + 1, pair.shape[0] - 1)]
-                if self.rng.integers(2):
+                if self.augment and self.rng.integers(2):
                     ks[1], ks[2] = ks[2], ks[1]
                 a, b = pair.uld[ks, rows, cols], pair.nd[k, rows, cols]
-                rot, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
-                if flip:
-                    a, b = a[..., ::-1], b[..., ::-1]
-                uld[j] = np.rot90(a, rot, axes=(-2, -1))
-                nd[j] = np.rot90(b, rot)
+                if self.augment:
+                    rot, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+                    if flip:
+                        a, b = a[..., ::-1], b[..., ::-1]
+                    a, b = np.rot90(a, rot, axes=(-2, -1)), np.rot90(b, rot)
+                uld[j], nd[j] = a, b
             return uld, nd
 
-    return ContextSampler(pairs, region="body", patch_size=patch_size, seed=seed)
+    return ContextSampler(pairs, region="body", patch_size=patch_size, seed=seed,
+                          augment=augment)
 
 
 def _batch(sampler, config, n):
@@ -161,8 +164,7 @@ def train(args) -> None:
     model = compile_model(context_model(shipped.body_model, config, dtype_policy("auto")), config)
 
     sampler = context_sampler(pairs, patch_size=config.patch_size, seed=args.seed)
-    val = context_sampler(monitor, patch_size=config.patch_size, seed=0)
-    val.augment = False
+    val = context_sampler(monitor, patch_size=config.patch_size, seed=0, augment=False)
     vx, vy = _batch(val, config, 512)
     # at step 0 the widened model is the shipped one
     one = {k: v[:8] for k, v in vx.items()}
