@@ -49,7 +49,7 @@ demo: setup
 # patient: its docstring); split: experiments/splits.json; settings: experiments/configs/shipped.json.
 .PHONY: train dictionary calibrate heldout search
 search: setup
-	$(PY) experiments/search.py
+	$(PY) experiments/search.py --retime
 
 train: setup
 	$(PY) experiments/train_default.py

@@ -112,6 +112,32 @@ def test_the_recipe_named_in_the_shipped_body_models_provenance_is_the_shipped_o
     assert recipe.load_config("blind_unet") == recipe.load_config("shipped")
 
 
+def test_variant_search_families_hold_the_shipped_pair_and_large_context_rivals():
+    # the search (experiments/search.py, make search) must compare the shipped architectures
+    # (same config but the name) with rivals; issue 16 asks for >= 12 variants and a context of
+    # >= 100 px for the U-Nets; the first search's families stay loadable beside them
+    import sys
+
+    from hybrid.cnn.config import CNNConfig
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from search import VARIANTS_DIR, load_families
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    families = load_families()
+    variants = [v for fam in families for v in fam["variants"]]
+    assert len(variants) >= 12 and {fam["region"] for fam in families} == set(recipe.REGIONS)
+    shipped = recipe.load_config("shipped").cnn
+    for region in recipe.REGIONS:
+        want = CNNConfig.from_dict(getattr(shipped, region)).to_dict()
+        mine = [v["config"].to_dict() for v in variants if v["config"].region == region]
+        assert {**want, "name": None} in [{**c, "name": None} for c in mine], region
+    unets = [v["config"] for v in variants if v["config"].architecture == "unet"]
+    assert unets and min(c.receptive_field for c in unets) >= 100
+    assert len(load_families(VARIANTS_DIR / "plain_2026-11-25")[0]["variants"]) == 10
+
+
 def test_config_budget_override():
     cfg = recipe.load_config("cv").with_budget(epochs=7, steps_per_epoch=None)
     assert {b["epochs"] for b in cfg.cnn.budget.values()} == {7}
