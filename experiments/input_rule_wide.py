@@ -29,6 +29,10 @@ a new one: a rule fitted there leans towards the restoration, as the shipped one
     python experiments/input_rule_wide.py calibrate --out experiments/runs/input_rule_wide
     python experiments/input_rule_wide.py evaluate --blender experiments/runs/input_rule_wide/blend.json \
         --out experiments/results/input_rule_wide
+
+``calibrate --thickness-reference-mm 2`` fits the rule on the noise ratio read at 2 mm
+(:func:`hybrid.cnn.noise.thickness_factor`), the feature the 5 mm patient A0001 asked for;
+``evaluate`` then reads a candidate's ratio as it was calibrated (the blend file says).
 """
 
 from __future__ import annotations
@@ -157,6 +161,10 @@ def cmd_calibrate(args) -> None:
         raise SystemExit(f"Expected training patients only; received held-out {bad}.")
     config = load_config("shipped")
     rule = dict(config.blender.input_rule, slices_per_case=args.slices)
+    if args.thickness_reference_mm is not None:
+        rule["thickness_reference_mm"] = args.thickness_reference_mm
+    else:
+        rule.pop("thickness_reference_mm", None)
     config = dataclasses.replace(config, blender=dataclasses.replace(config.blender,
                                                                      input_rule=rule))
     cases = [load_case(case_file(root, e)) for e in case_entries(root) if e["patient_id"] in patients]
@@ -232,6 +240,9 @@ def main(argv=None) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--patients", nargs="+", default=list(WIDE))
     c.add_argument("--slices", type=int, default=4, help="slices per case (shipped: 8)")
+    c.add_argument("--thickness-reference-mm", type=float, default=None,
+                   help="read the noise ratio at this slice thickness "
+                        "(hybrid.cnn.noise.thickness_factor; default: the plain ratio)")
     c.set_defaults(func=cmd_calibrate)
     e = sub.add_parser("evaluate")
     e.add_argument("--blender", required=True, help="the candidate blend.json")

@@ -248,19 +248,30 @@ class InputBaseline(Baseline):
     kernel : {"smooth", "standard", "sharp"}, optional
         The scan's kernel class where known (a Volume's ``provenance.kernel`` is used
         when this is None); otherwise it is estimated per slice from the noise texture.
+    reference_mm : float, optional
+        Read the ratio at this slice thickness (:func:`hybrid.cnn.noise.thickness_factor`;
+        the blender's input rule says which it was calibrated at).  None: the plain ratio.
+    slice_mm : float, optional
+        The scan's slice thickness (mm) where known; None: a Volume's z spacing (an array
+        has none, and its ratio is the plain one).
     """
 
     name = "input"
     default_grid: ClassVar[dict[str, list[Any]]] = {}
 
-    def __init__(self, *, kernel: str | None = None) -> None:
-        from hybrid.cnn.noise import check_kernel_class
+    def __init__(self, *, kernel: str | None = None, reference_mm: float | None = None,
+                 slice_mm: float | None = None) -> None:
+        from hybrid.cnn.noise import check_kernel_class, thickness_factor
 
         self.kernel = check_kernel_class(kernel)
+        thickness_factor(slice_mm, reference_mm)  # a clear error now, not at propose
+        self.reference_mm, self.slice_mm = reference_mm, slice_mm
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"kernel": self.kernel} if self.kernel is not None else {}
+        out = {"kernel": self.kernel, "reference_mm": self.reference_mm,
+               "slice_mm": self.slice_mm}
+        return {k: v for k, v in out.items() if v is not None}
 
     def _denoise_slice(self, slice_hu, body):
         return slice_hu
@@ -272,11 +283,15 @@ class InputBaseline(Baseline):
 
     def noise_ratio(self, volume_or_array: Any, body_mask: Any = None) -> np.ndarray:
         """Per-slice :func:`hybrid.cnn.noise.noise_ratio` with this proposer's kernel class
-        (or the Volume's ``provenance.kernel``, or the noise texture's guess)."""
+        (or the Volume's ``provenance.kernel``, or the noise texture's guess), read at
+        ``reference_mm`` where that is set."""
         from hybrid.cnn.noise import ratio_of
 
         est, kernel = self.noise_estimate(volume_or_array, body_mask)
-        return ratio_of(est, kernel)
+        slice_mm = self.slice_mm
+        if slice_mm is None and getattr(volume_or_array, "spacing", None) is not None:
+            slice_mm = float(volume_or_array.spacing[0])
+        return ratio_of(est, kernel, slice_mm=slice_mm, reference_mm=self.reference_mm)
 
     def noise_estimate(self, volume_or_array: Any, body_mask: Any = None):
         """The input's :class:`hybrid.cnn.noise.NoiseEstimate` and the kernel class used

@@ -101,14 +101,17 @@ def _case_variants(case: Any, z: np.ndarray) -> list[tuple[str, np.ndarray, np.n
 
 
 def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float],
-                       slices_per_case: int, noise_aware: Any = None) -> list[tuple]:
+                       slices_per_case: int, noise_aware: Any = None,
+                       thickness_reference_mm: float | None = None) -> list[tuple]:
     """Samples ``(cnn, input, noise_ratio, nd, body)`` for the input rule.
 
     ``cnn`` is the CNN pair's proposal (the rule is fitted over it: the product's default
     path has no dictionary); ``input`` the case at dose ``f`` made from its stored noise
     realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.at_dose`);
-    one sample per case, kernel variant and dose.  With a ``noise_aware`` pair each
-    sample has that pair's proposal as its sixth element (for :func:`noise_aware_rule`).
+    one sample per case, kernel variant and dose.  The noise ratio is read at
+    ``thickness_reference_mm`` from the case's z spacing, as ``hybrid.Enhancer`` reads a
+    Volume's (None: the plain ratio).  With a ``noise_aware`` pair each sample has that
+    pair's proposal as its sixth element (for :func:`noise_aware_rule`).
     """
     from hybrid.baselines import InputBaseline
     from hybrid.cnn.multidose import at_dose
@@ -125,7 +128,8 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
                 x = at_dose(nd, noise, f, f0, independent=independent)
                 lung = segment(x, spacing=case.uld.spacing, body=body)
                 base = cnn.propose(x, lung_mask=lung).image
-                inp = InputBaseline(kernel=kernel).propose(x, body_mask=body)
+                inp = InputBaseline(kernel=kernel, reference_mm=thickness_reference_mm,
+                                    slice_mm=float(case.uld.spacing[0])).propose(x, body_mask=body)
                 sample = (base, inp.image, inp.uncertainty, nd, body)
                 if noise_aware is not None:
                     sample += (noise_aware.propose(x, lung_mask=lung).image,)
@@ -197,9 +201,10 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
                          "pair; received none. Add blender.input_rule to the recipe config.")
     if stage.input_rule:
         rule = stage.input_rule
+        ref = rule.get("thickness_reference_mm")
         in_samples = input_rule_samples(cases, cnn, doses=rule["doses"],
                                         slices_per_case=int(rule["slices_per_case"]),
-                                        noise_aware=noise_aware)
+                                        noise_aware=noise_aware, thickness_reference_mm=ref)
         if noise_aware is not None:
             modes["noise_aware"], calibration["noise_aware"], in_samples = \
                 noise_aware_rule(in_samples)
@@ -211,6 +216,8 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
         calibration["input"] = dict(info, doses=list(rule["doses"]),
                                     slices_per_case=int(rule["slices_per_case"]),
                                     samples=len(in_samples))
+        if ref is not None:  # the Enhancer reads the ratio as it was calibrated
+            calibration["input"]["thickness_reference_mm"] = float(ref)
     digests = {"cnn": getattr(cnn, "digest", None), "dictionary": getattr(dictionary, "digest", None),
                "noise_aware": getattr(noise_aware, "digest", None)}
     return Blender(modes, calibration=calibration,

@@ -340,6 +340,15 @@ class Enhancer:
             "matched" if any(expected.values()) else "not recorded")
 
     @property
+    def thickness_reference_mm(self) -> float | None:
+        """The slice thickness (mm) the blender's input rule reads the noise ratio at
+        (:func:`hybrid.cnn.noise.thickness_factor`; recorded at calibration), or None:
+        the plain ratio, as for a blender calibrated before the rule knew thicknesses."""
+        cal = self.blender.calibration if isinstance(self.blender.calibration, dict) else {}
+        ref = (cal.get("input") or {}).get("thickness_reference_mm")
+        return None if ref is None else float(ref)
+
+    @property
     def last_info(self) -> dict[str, Any] | None:
         """What the last :meth:`enhance` call of this thread did: settings, models and
         seconds (total and per stage: segment, cnn, dictionary, blend); None before one."""
@@ -537,7 +546,9 @@ class Enhancer:
             # what the input looks like is told to the user (log, CLI, derived series)
             noise_est, kernel = InputBaseline().noise_estimate(
                 volume if vol is not None else arr, body)
-            ratio = ratio_of(noise_est, kernel)
+            ratio = ratio_of(noise_est, kernel,
+                             slice_mm=float(spacing[0]) if spacing is not None else None,
+                             reference_mm=self.thickness_reference_mm)
             input_reading = reading(noise_est, kernel)
             # per candidate rule: sum of its weight inside the body, pixels
             shares = {"noise_aware": [0.0, 0], "input": [0.0, 0]}

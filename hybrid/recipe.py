@@ -241,8 +241,10 @@ class DictionaryStage:
 class BlenderStage:
     """How the blender is calibrated (:mod:`hybrid.calibration`): the dictionary's query
     ``stride`` (N or (Y, X)), each case's other dose (``include_aug``) and sharp variants;
-    optionally (``input_rule``: ``{"doses": [...], "slices_per_case": N}``) the rule that
-    gives the input back where it is not noisy, calibrated at those doses; optionally
+    optionally (``input_rule``: ``{"doses": [...], "slices_per_case": N}``, and
+    ``"thickness_reference_mm"`` to read the noise ratio at that slice thickness:
+    :func:`hybrid.cnn.noise.thickness_factor`) the rule that gives the input back where
+    it is not noisy, calibrated at those doses; optionally
     (``noise_aware``: "shipped" for ``hybrid/assets/cnn_noise_aware``, or a saved pair's
     folder) a noise-aware CNN pair the blender weighs against the CNN pair by the noise
     ratio, at the input rule's doses (:func:`hybrid.calibration.noise_aware_rule`)."""
@@ -256,6 +258,16 @@ class BlenderStage:
     def __post_init__(self) -> None:
         if isinstance(self.stride, (list, tuple)):
             object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
+        if self.input_rule is not None:
+            keys, need = set(self.input_rule), {"doses", "slices_per_case"}
+            allowed = need | {"thickness_reference_mm"}
+            if not need <= keys <= allowed:
+                raise ValueError(f"Invalid `blender.input_rule` keys {sorted(keys)}. Expected "
+                                 f"{sorted(need)} and optionally 'thickness_reference_mm'.")
+            ref = self.input_rule.get("thickness_reference_mm")
+            if ref is not None and not (isinstance(ref, (int, float)) and ref > 0):
+                raise ValueError("Invalid `blender.input_rule.thickness_reference_mm`. Expected "
+                                 f"a positive slice thickness in mm; received {ref!r}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,47 @@ def test_noise_ratio_divides_by_the_normal_dose_noise_of_the_kernel(scans):
         noise_ratio(x, kernel="B70f")
 
 
+def test_thickness_factor_reads_the_noise_at_the_reference_thickness(scans):
+    """CT noise goes as 1 / sqrt(thickness): a 5 mm scan read at 2 mm is sqrt(2.5) times
+    as noisy (exact: the factor multiplies the plain ratio); unknown or sparse (> 6 mm
+    spacing, the phantom's 15-19 mm) thickness, or no reference: the plain ratio."""
+    from hybrid.cnn.noise import MAX_SLICE_MM, thickness_factor
+
+    assert thickness_factor(5.0, 2.0) == pytest.approx(np.sqrt(2.5), rel=1e-12)
+    assert thickness_factor(1.0, 2.0) == pytest.approx(np.sqrt(0.5), rel=1e-12)
+    assert thickness_factor(2.0, 2.0) == 1.0
+    assert thickness_factor(None, 2.0) == thickness_factor(3.0, None) == 1.0
+    assert thickness_factor(MAX_SLICE_MM + 0.1, 2.0) == thickness_factor(15.0, 2.0) == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="slice_mm"):
+            thickness_factor(bad, 2.0)
+    ph, s = scans
+    x = s["standard", 0.25]
+    plain = noise_ratio(x, ph.body_mask, kernel="standard")
+    np.testing.assert_allclose(noise_ratio(x, ph.body_mask, kernel="standard", slice_mm=5.0,
+                                           reference_mm=2.0), plain * np.sqrt(2.5), rtol=1e-12)
+
+
+def test_the_input_proposer_reads_a_volumes_spacing_as_its_thickness(scans):
+    """With a reference thickness the input proposer's ratio scales with the Volume's z
+    spacing (or the given ``slice_mm``); an array has none; a bad setting fails at once."""
+    from hybrid.baselines import InputBaseline
+    from hybrid.volume import Volume
+
+    ph, s = scans
+    x = s["standard", 0.02]
+    plain = InputBaseline(kernel="standard").noise_ratio(Volume(x, (5.0, 0.8, 0.8)), ph.body_mask)
+    thick = InputBaseline(kernel="standard", reference_mm=2.0)
+    np.testing.assert_allclose(thick.noise_ratio(Volume(x, (5.0, 0.8, 0.8)), ph.body_mask),
+                               plain * np.sqrt(2.5), rtol=1e-12)
+    np.testing.assert_allclose(thick.noise_ratio(x, ph.body_mask), plain, rtol=1e-12)
+    given = InputBaseline(kernel="standard", reference_mm=2.0, slice_mm=1.0)
+    np.testing.assert_allclose(given.noise_ratio(x, ph.body_mask), plain * np.sqrt(0.5), rtol=1e-12)
+    assert given.params == {"kernel": "standard", "reference_mm": 2.0, "slice_mm": 1.0}
+    with pytest.raises(ValueError, match="reference_mm"):
+        InputBaseline(reference_mm=-2.0, slice_mm=1.0)
+
+
 def test_noise_ratio_grows_as_the_dose_falls_whatever_the_kernel(scans):
     """A normal-dose scan reads about 1 or below, whichever kernel (the sharp kernel's
     noise is 5x the standard's: 124 vs 22 HU here); 2 % reads at least 4x its normal dose
@@ -153,6 +194,38 @@ def test_enhancer_applies_the_input_rule_and_shows_it_in_the_maps():
     np.testing.assert_array_equal(maps.input_weight, 1.0)
     np.testing.assert_array_equal(maps.dictionary_weight, 0.0)
     np.testing.assert_allclose(maps.noise_ratio[:, 0, 0], noise_ratio(x, maps.body_mask), rtol=1e-6)
+
+
+def test_enhancer_reads_the_ratio_at_the_thickness_its_input_rule_was_calibrated_at():
+    """A blender whose input rule records ``thickness_reference_mm`` gets the noise ratio
+    of a Volume read at that thickness (maps.noise_ratio = plain x sqrt(t / ref)), and so
+    gives a thick slice less of its input back than the same pixels at 1 mm; without the
+    record (a blender calibrated before), the plain ratio."""
+    pytest.importorskip("tensorflow")
+    import hybrid
+    from hybrid.blend import Blender, TableMode
+    from hybrid.cnn.config import CNNConfig
+    from hybrid.cnn.infer import CNNPair
+    from hybrid.phantom import make_patient, scan_phantom
+    from hybrid.volume import Volume
+
+    pair = CNNPair.build(CNNConfig.for_region("lung", depth=3, width=8),
+                         CNNConfig.for_region("body", depth=3, width=8))
+    x = scan_phantom(make_patient(5, shape=(2, 128, 128)), dose_fraction=0.05, rng=3).array
+    rule = TableMode(knots=((0.0, 1.0), (20.0, 0.0)))  # input weight falls with the ratio
+    old = Blender({"input": rule}, calibration={"input": {}})
+    new = Blender({"input": rule}, calibration={"input": {"thickness_reference_mm": 2.0}})
+    maps = {}
+    for name, b in (("old", old), ("new", new)):
+        for t in (1.0, 5.0):
+            _, maps[name, t] = hybrid.Enhancer(pair, blender=b, allow_uncalibrated=True).enhance(
+                Volume(x, (t, 0.8, 0.8)), return_maps=True, progress=False)
+    plain = maps["old", 5.0].noise_ratio
+    np.testing.assert_allclose(maps["old", 1.0].noise_ratio, plain, rtol=1e-6)
+    np.testing.assert_allclose(maps["new", 5.0].noise_ratio, plain * np.sqrt(2.5), rtol=1e-6)
+    np.testing.assert_allclose(maps["new", 1.0].noise_ratio, plain * np.sqrt(0.5), rtol=1e-6)
+    body = maps["new", 5.0].body_mask
+    assert maps["new", 5.0].input_weight[body].mean() < maps["new", 1.0].input_weight[body].mean()
 
 
 def test_reading_classes_and_kernel_source():

@@ -100,6 +100,8 @@ def test_shipped_config_is_what_the_shipped_models_were_built_with():
     assert cfg.blender.stride == (2, 3)
     cal = json.loads(assets["blender"].read_text())["calibration"]
     assert tuple(cal["stride"]) == cfg.blender.stride and cal["include_aug"] == cfg.blender.include_aug
+    # the input rule was fitted on the ratio read at the thickness the recipe names
+    assert cal["input"]["thickness_reference_mm"] == cfg.blender.input_rule["thickness_reference_mm"]
 
 
 def test_the_recipe_named_in_the_shipped_body_models_provenance_is_the_shipped_one():
@@ -152,13 +154,16 @@ def test_config_budget_override():
     ("dictionary.config", {"max_patch": 10}, "max_patch"),
     ("dictionary.config", {"seed": 3}, "seed"),
     ("blender", {"strid": 2}, "strid"),
+    ("blender.input_rule", {"thickness_mm": 2.0}, "thickness_mm"),
+    ("blender.input_rule", {"thickness_reference_mm": 0}, "thickness_reference_mm"),
 ])
 def test_config_refuses_unknown_keys(tmp_path, where, change, match):
     data = recipe.config_sections("shipped")
     data = json.loads(json.dumps(data))
     node = {"top": data, "recipe": data["recipe"], "cnn": data["recipe"]["cnn"],
             "cnn.lung": data["recipe"]["cnn"]["lung"], "blender": data["recipe"]["blender"],
-            "dictionary.config": data["recipe"]["dictionary"]["config"]}[where]
+            "dictionary.config": data["recipe"]["dictionary"]["config"],
+            "blender.input_rule": data["recipe"]["blender"]["input_rule"]}[where]
     node.update(change)
     with pytest.raises(ValueError, match=match):
         recipe.load_config(_write(tmp_path / "bad.json", data))
@@ -224,7 +229,10 @@ def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):
     from hybrid.blend import Blender
 
     cases, split, models, out = tiny
-    again = recipe.train_from_cases(cases, split=split, config=_tiny_config(), stages=("blender",),
+    cfg = _tiny_config()
+    rule = dict(cfg.blender.input_rule, thickness_reference_mm=2.0)
+    cfg = dataclasses.replace(cfg, blender=dataclasses.replace(cfg.blender, input_rule=rule))
+    again = recipe.train_from_cases(cases, split=split, config=cfg, stages=("blender",),
                                     out={"blender": out / "blend.json"}, keep=models)
     assert again.cnn is models.cnn and again.dictionary is models.dictionary
     b = Blender.load(out / "blend.json")
@@ -232,6 +240,7 @@ def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):
     if getattr(models.dictionary, "digest", None):
         assert b.calibrated_with["dictionary"] == models.dictionary.digest
     assert b.calibration["patients"] == ["T2"]
+    assert b.calibration["input"]["thickness_reference_mm"] == 2.0  # read back by the Enhancer
     assert tuple(np.atleast_1d(b.calibration["stride"])) == tuple(
         np.atleast_1d(_tiny_config().blender.stride))
 

@@ -41,6 +41,8 @@ __all__ = [
     "NORMAL_DOSE_SIGMA_HU",
     "noise_ratio",
     "ratio_of",
+    "thickness_factor",
+    "MAX_SLICE_MM",
     "reading",
     "DOSE_READING_BOUNDS",
     "check_kernel_class",
@@ -245,12 +247,16 @@ def check_kernel_class(kernel: str | None) -> str | None:
     return kernel
 
 
-def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None) -> np.ndarray:
+def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None,
+                slice_mm: float | None = None, reference_mm: float | None = None) -> np.ndarray:
     """Per slice, the estimated noise over a typical normal-dose scan's of its kernel class.
 
     About 1 or below for a normal-dose scan, about ``1 / sqrt(f)`` times that at dose
     fraction ``f``: the dose-independent measure of how noisy a slice is that the
     blender's input rule (:class:`hybrid.baselines.InputBaseline`) is calibrated on.
+    With ``slice_mm`` and ``reference_mm`` it is read at the reference thickness
+    (times :func:`thickness_factor`): CT noise goes as ``1 / sqrt(dose * thickness)``, so
+    a 5 mm scan at a low dose no longer reads like a thin one at a moderate dose.
 
     Parameters
     ----------
@@ -262,20 +268,49 @@ def noise_ratio(image: Any, body_mask: Any = None, *, kernel: str | None = None)
         slice's :attr:`NoiseEstimate.kernel_class` from its noise texture, which is
         less reliable: a simulated low dose of a standard-kernel scan can read as sharp
         (its added noise is whiter than the scan's own).
+    slice_mm, reference_mm : float, optional
+        The scan's slice thickness and the thickness to read the noise at (both in mm;
+        :func:`thickness_factor`).  Either None: the plain ratio.
 
     Returns
     -------
     ndarray (Z,) float64 (one value for a 2-D image).
     """
     check_kernel_class(kernel)
-    return ratio_of(estimate_noise(image, body_mask), kernel)
+    return ratio_of(estimate_noise(image, body_mask), kernel, slice_mm=slice_mm,
+                    reference_mm=reference_mm)
 
 
-def ratio_of(est: NoiseEstimate, kernel: str | None = None) -> np.ndarray:
-    """:func:`noise_ratio` of an estimate already made (``kernel`` as there)."""
+def ratio_of(est: NoiseEstimate, kernel: str | None = None, *, slice_mm: float | None = None,
+             reference_mm: float | None = None) -> np.ndarray:
+    """:func:`noise_ratio` of an estimate already made (arguments as there)."""
     check_kernel_class(kernel)
     classes = est.kernel_class if kernel is None else (kernel,) * len(est)
-    return est.sigma_hu / np.array([NORMAL_DOSE_SIGMA_HU[c] for c in classes])
+    return (est.sigma_hu / np.array([NORMAL_DOSE_SIGMA_HU[c] for c in classes])
+            * thickness_factor(slice_mm, reference_mm))
+
+
+#: The largest z spacing (mm) read as a slice thickness.  Above it the slices are taken
+#: to be samples of a sparse series (thin slices far apart: the phantom's are 15-19 mm
+#: apart with the noise of a thin scan, since ``hybrid.physics.scan`` does not scale
+#: noise with thickness) and the thickness as unknown.
+MAX_SLICE_MM = 6.0
+
+
+def thickness_factor(slice_mm: float | None, reference_mm: float | None) -> float:
+    """``sqrt(slice_mm / reference_mm)``: the factor that reads a scan's noise as that of
+    the same scan at ``reference_mm`` (CT noise goes as ``1 / sqrt(thickness)``).  1 where
+    either is None or ``slice_mm`` is above :data:`MAX_SLICE_MM` (unknown thickness).
+    A contiguous series' z spacing is its thickness; an overlapping one (thicker slices
+    than their spacing) reads as thinner than it is, so quieter: a smaller factor, and
+    the input rule gives back a little more of the input than it would."""
+    if slice_mm is None or reference_mm is None:
+        return 1.0
+    t, r = float(slice_mm), float(reference_mm)
+    if not (np.isfinite(t) and t > 0 and np.isfinite(r) and r > 0):
+        raise ValueError(f"Expected positive finite slice_mm and reference_mm (mm); received "
+                         f"slice_mm={slice_mm!r}, reference_mm={reference_mm!r}.")
+    return 1.0 if t > MAX_SLICE_MM else float(np.sqrt(t / r))
 
 
 # ------------------------------------------------- what a user is told about the input
