@@ -40,7 +40,9 @@ __all__ = ["REAL_PAIRS_METHODS", "TUNE_DOSE", "default_real_pairs_dir", "real_pa
 REAL_PAIRS_METHODS = ("input", "gaussian", "nlm", "bm3d", "cnn", "hybrid")
 #: The pairs are quarter dose: the baselines are tuned at this simulated dose.
 TUNE_DOSE = 0.25
-#: Voxel spacing (z, y, x) in mm given to the methods (not recorded in the source: ~0.66–0.78).
+#: Voxel spacing (z, y, x) in mm given to the methods.  z: the pairs' slice thickness, "thin
+#: (about 1 mm)" in their README, which the hybrid's input rule reads the noise ratio at
+#: (:func:`hybrid.cnn.noise.thickness_factor`); y, x are not recorded in the source (~0.66–0.78).
 SPACING = (1.0, 0.7, 0.7)
 #: The data's citation (its README asks for it in every figure and report).
 CITATION = ("Data: 2016 NIH-AAPM-Mayo Low Dose CT Grand Challenge (McCollough et al., Med Phys "
