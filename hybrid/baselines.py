@@ -252,8 +252,9 @@ class InputBaseline(Baseline):
         Read the ratio at this slice thickness (:func:`hybrid.cnn.noise.thickness_factor`;
         the blender's input rule says which it was calibrated at).  None: the plain ratio.
     slice_mm : float, optional
-        The scan's slice thickness (mm) where known; None: a Volume's z spacing (an array
-        has none, and its ratio is the plain one).
+        The scan's slice thickness (mm) where known; None: a Volume's
+        :attr:`~hybrid.volume.Volume.slice_thickness_mm` (an array has none, and its ratio
+        is the plain one).
     """
 
     name = "input"
@@ -289,8 +290,8 @@ class InputBaseline(Baseline):
 
         est, kernel = self.noise_estimate(volume_or_array, body_mask)
         slice_mm = self.slice_mm
-        if slice_mm is None and getattr(volume_or_array, "spacing", None) is not None:
-            slice_mm = float(volume_or_array.spacing[0])
+        if slice_mm is None and hasattr(volume_or_array, "slice_thickness_mm"):
+            slice_mm = volume_or_array.slice_thickness_mm
         return ratio_of(est, kernel, slice_mm=slice_mm, reference_mm=self.reference_mm)
 
     def noise_estimate(self, volume_or_array: Any, body_mask: Any = None):

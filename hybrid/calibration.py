@@ -109,7 +109,7 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
     path has no dictionary); ``input`` the case at dose ``f`` made from its stored noise
     realisation (``nd + a(f) * (uld - nd)``, :func:`hybrid.cnn.multidose.at_dose`);
     one sample per case, kernel variant and dose.  The noise ratio is read at
-    ``thickness_reference_mm`` from the case's z spacing, as ``hybrid.Enhancer`` reads a
+    ``thickness_reference_mm`` from the case's slice thickness, as ``hybrid.Enhancer`` reads a
     Volume's (None: the plain ratio).  With a ``noise_aware`` pair each sample has that
     pair's proposal as its sixth element (for :func:`noise_aware_rule`).
     """
@@ -129,7 +129,7 @@ def input_rule_samples(cases: Iterable[Any], cnn: Any, *, doses: Sequence[float]
                 lung = segment(x, spacing=case.uld.spacing, body=body)
                 base = cnn.propose(x, lung_mask=lung).image
                 inp = InputBaseline(kernel=kernel, reference_mm=thickness_reference_mm,
-                                    slice_mm=float(case.uld.spacing[0])).propose(x, body_mask=body)
+                                    slice_mm=case.uld.slice_thickness_mm).propose(x, body_mask=body)
                 sample = (base, inp.image, inp.uncertainty, nd, body)
                 if noise_aware is not None:
                     sample += (noise_aware.propose(x, lung_mask=lung).image,)

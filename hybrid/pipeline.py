@@ -547,7 +547,7 @@ class Enhancer:
             noise_est, kernel = InputBaseline().noise_estimate(
                 volume if vol is not None else arr, body)
             ratio = ratio_of(noise_est, kernel,
-                             slice_mm=float(spacing[0]) if spacing is not None else None,
+                             slice_mm=vol.slice_thickness_mm if vol is not None else None,
                              reference_mm=self.thickness_reference_mm)
             input_reading = reading(noise_est, kernel)
             # per candidate rule: sum of its weight inside the body, pixels

@@ -154,6 +154,20 @@ class Volume:
     def __len__(self) -> int:
         return self.array.shape[0]
 
+    @property
+    def slice_thickness_mm(self) -> float:
+        """The slice thickness in mm: the median DICOM SliceThickness of its slices where
+        every slice header records a positive one (an overlapping reconstruction's slices
+        are thicker than their spacing), else the z spacing."""
+        vals = []
+        for h in self.provenance.slice_headers:
+            try:
+                vals.append(float(h.get("SliceThickness")))
+            except (TypeError, ValueError):
+                return self.spacing[0]
+        ok = bool(vals) and all(np.isfinite(v) and v > 0 for v in vals)
+        return float(np.median(vals)) if ok else self.spacing[0]
+
     def __repr__(self) -> str:
         src = self.provenance.source or "<array>"
         return (

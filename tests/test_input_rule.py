@@ -60,10 +60,11 @@ def test_thickness_factor_reads_the_noise_at_the_reference_thickness(scans):
 
 
 def test_the_input_proposer_reads_a_volumes_spacing_as_its_thickness(scans):
-    """With a reference thickness the input proposer's ratio scales with the Volume's z
-    spacing (or the given ``slice_mm``); an array has none; a bad setting fails at once."""
+    """With a reference thickness the input proposer's ratio scales with the Volume's slice
+    thickness (its slices' DICOM SliceThickness, else its z spacing; or the given
+    ``slice_mm``); an array has none; a bad setting fails at once."""
     from hybrid.baselines import InputBaseline
-    from hybrid.volume import Volume
+    from hybrid.volume import Provenance, Volume
 
     ph, s = scans
     x = s["standard", 0.02]
@@ -72,6 +73,14 @@ def test_the_input_proposer_reads_a_volumes_spacing_as_its_thickness(scans):
     np.testing.assert_allclose(thick.noise_ratio(Volume(x, (5.0, 0.8, 0.8)), ph.body_mask),
                                plain * np.sqrt(2.5), rtol=1e-12)
     np.testing.assert_allclose(thick.noise_ratio(x, ph.body_mask), plain, rtol=1e-12)
+    # an overlapping reconstruction: 5 mm slices every 2.5 mm read as 5 mm
+    headers = tuple({"SliceThickness": "5.0"} for _ in range(len(x)))
+    overlap = Volume(x, (2.5, 0.8, 0.8), Provenance(slice_headers=headers))
+    assert overlap.slice_thickness_mm == 5.0
+    np.testing.assert_allclose(thick.noise_ratio(overlap, ph.body_mask), plain * np.sqrt(2.5),
+                               rtol=1e-12)
+    missing = Volume(x, (2.5, 0.8, 0.8), Provenance(slice_headers=({},) * len(x)))
+    assert missing.slice_thickness_mm == 2.5  # not every slice says: the spacing
     given = InputBaseline(kernel="standard", reference_mm=2.0, slice_mm=1.0)
     np.testing.assert_allclose(given.noise_ratio(x, ph.body_mask), plain * np.sqrt(0.5), rtol=1e-12)
     assert given.params == {"kernel": "standard", "reference_mm": 2.0, "slice_mm": 1.0}

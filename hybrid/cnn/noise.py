@@ -301,9 +301,8 @@ def thickness_factor(slice_mm: float | None, reference_mm: float | None) -> floa
     """``sqrt(slice_mm / reference_mm)``: the factor that reads a scan's noise as that of
     the same scan at ``reference_mm`` (CT noise goes as ``1 / sqrt(thickness)``).  1 where
     either is None or ``slice_mm`` is above :data:`MAX_SLICE_MM` (unknown thickness).
-    A contiguous series' z spacing is its thickness; an overlapping one (thicker slices
-    than their spacing) reads as thinner than it is, so quieter: a smaller factor, and
-    the input rule gives back a little more of the input than it would."""
+    ``hybrid.Enhancer`` passes :attr:`hybrid.volume.Volume.slice_thickness_mm` (the
+    slices' DICOM SliceThickness, else the z spacing)."""
     if slice_mm is None or reference_mm is None:
         return 1.0
     t, r = float(slice_mm), float(reference_mm)
