@@ -203,6 +203,10 @@ class CNNStage:
         case's two doses.  A dict: noise-aware models (``noise_input``) trained by
         :func:`hybrid.cnn.resumable.train_noise_aware_regions` on multi-dose, multi-kernel
         patches, with checkpoints under ``work`` (``resume``).
+    lung_warm_start : dict or None
+        Optional.  ``{"min_lung_fraction": f, "seed": s}``: the lung model starts from the
+        body model's weights (trained first), on lung patches of >= ``f`` lung pixels and
+        their surroundings, patch seed ``s``.  None: from seeded random weights.
     """
 
     lung: dict | None
@@ -214,8 +218,17 @@ class CNNStage:
     val_slices: int
     precision: str
     noise: dict | None = None
+    lung_warm_start: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.lung_warm_start is not None:
+            w = self.lung_warm_start
+            ok = isinstance(w, Mapping) and set(w) == {"min_lung_fraction", "seed"}
+            if not ok or not (isinstance(w["min_lung_fraction"], (int, float)) and 0 < w[
+                    "min_lung_fraction"] <= 1 and isinstance(w["seed"], int) and not self.noise):
+                raise ValueError("Invalid value for `cnn.lung_warm_start`. Expected {'min_lung_"
+                                 "fraction': a fraction in (0, 1], 'seed': an int}, without "
+                                 f"`cnn.noise`. Received {w!r} (cnn.noise {self.noise!r}).")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"Invalid value for `cnn.precision`. Expected one of {_PRECISIONS}. "
                              f"Received {self.precision!r}.")
@@ -286,7 +299,7 @@ class RecipeConfig:
         parts = {"cnn": CNNStage, "dictionary": DictionaryStage, "blender": BlenderStage}
         for name, part in parts.items():
             d[name] = part(**_strict(d[name], part, f"{where}, section {name!r}",
-                                     optional={"cnn": ("noise",),
+                                     optional={"cnn": ("noise", "lung_warm_start"),
                                                "blender": ("input_rule", "noise_aware")}.get(name, ())))
         from hybrid.cnn.config import CNNConfig  # light: no TensorFlow
 
@@ -297,6 +310,8 @@ class RecipeConfig:
                     CNNConfig.from_dict(dict(cfg))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"Invalid `cnn.{region}` in {where}: {e}") from e
+        if d["cnn"].lung_warm_start is not None:
+            _check_warm_start(d["cnn"], where)
         from hybrid.dictionary import DictionaryConfig  # light: FAISS loads when used
 
         known = {f.name for f in dataclasses.fields(DictionaryConfig)} - {"seed"}
@@ -309,8 +324,9 @@ class RecipeConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (the ``recipe`` section of a config file)."""
         out = json.loads(json.dumps(dataclasses.asdict(self)))
-        if out["cnn"]["noise"] is None:
-            del out["cnn"]["noise"]  # the files without it, unchanged
+        for key in ("noise", "lung_warm_start"):
+            if out["cnn"][key] is None:
+                del out["cnn"][key]  # the files without it, unchanged
         for key in ("input_rule", "noise_aware"):
             if out["blender"][key] is None:
                 del out["blender"][key]
@@ -326,6 +342,19 @@ class RecipeConfig:
         changes = {k: int(v) for k, v in changes.items() if v is not None}
         budget = {r: {**b, **changes} for r, b in self.cnn.budget.items()}
         return self.with_cnn(budget=budget)
+
+
+def _check_warm_start(stage: CNNStage, where: str) -> None:
+    """A lung model warm-started from the body model needs the body model's architecture
+    (a region's config None: the shipped pair's)."""
+    configs = {k: v.to_dict() for k, v in _cnn_configs(stage).items()}
+    shape = ("architecture", "noise_input", "depth", "width", "scales", "bottleneck_dilations",
+             "kernel_size", "dilation", "residual", "normalization", "batch_norm", "activation")
+    differ = [k for k in shape if configs["lung"].get(k) != configs["body"].get(k)]
+    if differ:
+        raise ValueError(f"`cnn.lung_warm_start` in {where} starts the lung model from the body "
+                         f"model's weights: `cnn.lung` must have `cnn.body`'s architecture; they "
+                         f"differ in {differ}. Copy them from `cnn.body` or drop the warm start.")
 
 
 def _config_path(name_or_path: str | os.PathLike) -> Path:
@@ -684,16 +713,25 @@ def train_cnn(groups: Mapping[str, list], *, split: Split, config: RecipeConfig,
             configs, groups["cnn"], groups["monitor"], regions=regions, budget=stage.budget,
             noise=stage.noise, work=Path(work), seed=config.seed, resume=resume, dtype=dtype,
             threads=threads, metadata={"recipe": config.to_dict()}, log=log.info)
+    if (warm := stage.lung_warm_start) is not None:  # the body first: the lung starts from it
+        regions = sorted(regions, key=lambda r: r != "body")
     for region in regions if stage.noise is None else ():
         b = stage.budget[region]
+        start = {}
+        if warm is not None and region == "lung":
+            init = Path(work) / "lung" / "init_from_body.weights.h5"
+            init.parent.mkdir(parents=True, exist_ok=True)
+            (results["body"].model if "body" in results else kept.body_model).save_weights(str(init))
+            start = {"init_weights": init, "seed": warm["seed"],
+                     "sampler_options": {"min_lung_fraction": warm["min_lung_fraction"]}}
         clear_session()
         results[region] = train_model(
             configs[region], pairs, val_pairs=monitor, out_dir=Path(work) / region,
             epochs=b["epochs"], steps_per_epoch=b["steps_per_epoch"], batch_size=b["batch_size"],
             val_slices=stage.val_slices, val_patches=min(512, 64 * b["batch_size"]),
             patience=stage.patience if stage.patience is not None else max(3, b["epochs"]),
-            reduce_lr_patience=stage.reduce_lr_patience, seed=config.seed, threads=threads,
-            tensorboard=False, verbose=0, dtype=dtype)
+            reduce_lr_patience=stage.reduce_lr_patience, threads=threads,
+            tensorboard=False, verbose=0, dtype=dtype, **{"seed": config.seed, **start})
         r = results[region]
         log.info("%s: monitor slice RMSE %.1f HU, best epoch %d/%d, %.0f s", region,
                  r.val_slice_rmse_hu, r.best_epoch, r.epochs_run, r.seconds)
@@ -731,6 +769,8 @@ def _cnn_metadata(results: Mapping[str, Any], kept: Any, *, split: Split, config
         "monitor": {**{k: v for k, v in old.get("monitor", {}).items() if k not in results},
                     **monitor},
     }
+    if stage.lung_warm_start is not None and "lung" in results:  # started from the body model
+        metadata["lung_warm_start"] = dict(stage.lung_warm_start)
     if kept is not None:
         # the data manifest covers the same cases for both regions (same training cases)
         metadata["kept_from_previous_pair"] = sorted(set(REGIONS) - set(results))

@@ -501,6 +501,34 @@ def test_train_model_cpu_writes_logs_and_returns_val_rmse(tmp_path, pairs):
         train_model(cfg, pairs, out_dir=tmp_path / "x", epochs=0)
 
 
+def test_train_model_warm_start_begins_at_the_given_weights(tmp_path, pairs):
+    # the lung model of the shipped recipe starts from the body model's weights (a lung config
+    # of the body's architecture): the first step must see exactly those weights, not a seeded init
+    body_cfg = CNNConfig.for_region("body", **TINY)
+    lung_cfg = CNNConfig.for_region("lung", **TINY, patch_size=body_cfg.patch_size)
+    source = build_model(body_cfg, seed=7)
+    randomize(source, seed=3)
+    init = tmp_path / "init.weights.h5"
+    source.save_weights(str(init))
+    seen = []
+
+    class AtStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.extend(w.copy() for w in self.model.get_weights())
+
+    train_model(lung_cfg, pairs, out_dir=tmp_path / "lung", epochs=1, steps_per_epoch=1,
+                batch_size=4, val_patches=8, val_slices=0, tensorboard=False,
+                sampler_options={"min_lung_fraction": 0.2}, init_weights=init,
+                callbacks=[AtStart()])
+    want = source.get_weights()
+    assert len(seen) == len(want) and all(np.array_equal(a, b) for a, b in zip(seen, want))
+    seen.clear()  # without init_weights: the seeded random start, which differs
+    train_model(lung_cfg, pairs, out_dir=tmp_path / "cold", epochs=1, steps_per_epoch=1,
+                batch_size=4, val_patches=8, val_slices=0, tensorboard=False,
+                sampler_options={"min_lung_fraction": 0.2}, callbacks=[AtStart()])
+    assert not all(np.array_equal(a, b) for a, b in zip(seen, want))
+
+
 def test_train_model_under_mirrored_strategy_on_cpu(tmp_path, pairs):
     """The distributed code path (what >1 GPU uses), on one CPU replica."""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,6 +113,51 @@ def test_the_recipe_named_in_the_shipped_body_models_provenance_is_the_shipped_o
     meta = json.loads((default_asset_paths()["cnn"] / "metadata.json").read_text())
     assert "--config blind_unet" in meta["metadata"]["trained_by"]
     assert recipe.load_config("blind_unet") == recipe.load_config("shipped")
+
+
+def test_the_lung_warm_start_checkpoint_was_made_by_its_recipe():
+    # experiments/checkpoints/lung_unet (measured, not shipped) is the shipped body model and a
+    # lung model started from it; its command and the recipe lung_warm_start.json must name the
+    # same settings, and that recipe must be the shipped one but for the lung model
+    from hybrid.cnn.config import CNNConfig
+
+    folder = REPO / "experiments" / "checkpoints" / "lung_unet" / "model"
+    meta = json.loads((folder / "metadata.json").read_text())["metadata"]
+    warm_cfg, shipped = recipe.load_config("lung_warm_start"), recipe.load_config("shipped")
+    cnn = warm_cfg.cnn
+    warm, budget = cnn.lung_warm_start, cnn.budget["lung"]
+    assert meta["lung_warm_start"] == warm
+    cmd = meta["trained_by"]
+    assert "continue_body.py --region lung" in cmd and "--config blind_unet" in cmd
+    assert f"--epochs {budget['epochs']}" in cmd and f"--batch {budget['batch_size']}" in cmd
+    assert f"--seed {warm['seed']}" in cmd
+    assert float(re.search(r"--lr (\S+)", cmd).group(1)) == cnn.lung["learning_rate"]
+    assert CNNConfig.from_json(folder / "lung.config.json") == CNNConfig.from_dict(cnn.lung)
+    assert warm_cfg.with_cnn(lung=None, budget=shipped.cnn.budget, lung_warm_start=None) == \
+        shipped.with_cnn(lung=None)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"min_lung_fraction": 0}, "lung_warm_start"),
+    ({"min_lung_fraction": 1.5}, "lung_warm_start"),
+    ({"sed": 1}, "lung_warm_start"),
+    ({"seed": 1.5}, "lung_warm_start"),
+])
+def test_lung_warm_start_settings_are_checked(tmp_path, change, match):
+    data = json.loads(json.dumps(recipe.config_sections("lung_warm_start")))
+    data["recipe"]["cnn"]["lung_warm_start"].update(change)
+    with pytest.raises(ValueError, match=match):
+        recipe.load_config(_write(tmp_path / "bad.json", data))
+
+
+def test_lung_warm_start_needs_the_body_models_architecture(tmp_path):
+    data = json.loads(json.dumps(recipe.config_sections("lung_warm_start")))
+    data["recipe"]["cnn"]["lung"]["width"] = 24
+    with pytest.raises(ValueError, match="differ in \\['width'\\]"):
+        recipe.load_config(_write(tmp_path / "bad.json", data))
+    data["recipe"]["cnn"]["lung"] = None  # None: the shipped lung model's, a plain stack
+    with pytest.raises(ValueError, match="architecture"):
+        recipe.load_config(_write(tmp_path / "bad.json", data))
 
 
 def test_variant_search_families_hold_the_shipped_pair_and_large_context_rivals():
@@ -222,6 +268,24 @@ def test_tiny_recipe_cnn_and_dictionary(tiny):
     trained = {m["patient_id"] for m in meta["data_manifest"]}
     assert "T0" not in trained
     assert models.cnn.lung_config.patch_size == 16 and models.cnn.body_config.patch_size == 32
+
+
+def test_tiny_recipe_lung_model_warm_started_from_the_body_model(tiny, tmp_path):
+    # cnn.lung_warm_start: the lung model takes the (kept) body model's architecture and weights
+    # as its start; the pair records the setting (train_model's own test checks the weights)
+    cases, split, models, _ = tiny
+    body = models.cnn.body_config.to_dict()
+    cfg = _tiny_config().with_cnn(
+        lung=dict(body, region="lung"), body=body,
+        lung_warm_start={"min_lung_fraction": 0.5, "seed": 1})
+    out = recipe.train_from_cases(cases, split=split, config=cfg, stages=("cnn",),
+                                  out=tmp_path, keep=models, regions=("lung",),
+                                  work=tmp_path / "work", threads=2)
+    pair = out.cnn
+    assert pair.lung_config.architecture == models.cnn.body_config.architecture == "unet"
+    assert pair.metadata["lung_warm_start"] == {"min_lung_fraction": 0.5, "seed": 1}
+    assert pair.body_config == models.cnn.body_config  # the body model kept, not re-trained
+    assert set(out.training) == {"lung"}
 
 
 def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):

@@ -341,6 +341,7 @@ def train_model(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     dtype: str | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train one regressor on patches of ``config.region``.
 
@@ -396,6 +397,9 @@ def train_model(
         Keras dtype policy of the layers (:func:`hybrid.cnn.models.build_model`):
         ``"mixed_bfloat16"`` trains 2.5-3x faster on CPUs with native bfloat16
         (AMX/AVX512-BF16); the weights stay float32.  None: float32.
+    init_weights : path, optional
+        A ``.weights.h5`` file of a model of the same architecture to start from (a warm
+        start, e.g. the lung model from the body model); default: seeded random weights.
 
     Returns
     -------
@@ -419,19 +423,14 @@ def train_model(
     files = _output_files(out, config)
 
     train_ds, val_ds = make_datasets(
-        config,
-        train_pairs,
-        val_pairs,
-        batch_size=batch_size,
-        val_patches=val_patches,
-        seed=seed,
-        val_seed=val_seed,
-        augment=augment,
-        sampler_options=sampler_options,
+        config, train_pairs, val_pairs, batch_size=batch_size, val_patches=val_patches,
+        seed=seed, val_seed=val_seed, augment=augment, sampler_options=sampler_options,
     )
     strategy = strategy or get_strategy()
     with strategy.scope():
         model = compile_model(build_model(config, seed=seed, dtype=dtype), config)
+        if init_weights is not None:  # a warm start: same architecture, other weights
+            model.load_weights(str(init_weights))
     cbs = _training_callbacks(
         config,
         files,
