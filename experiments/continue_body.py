@@ -78,10 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.smooth_variants:
         pairs += _smooth_variants(groups["cnn"])
     init = CNNPair.load(args.init)
-    weights = args.out.parent / f"init_{args.region}.weights.h5"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    init.body_model.save_weights(str(weights))  # a lung run starts from the body model too
-
     config = dataclasses.replace(init.body_config, learning_rate=args.lr)
     sampler_options = None
     if args.region == "lung":
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, val_slices=8,
         val_patches=512, patience=args.epochs, reduce_lr_patience=8, seed=args.seed,
         threads=args.threads, tensorboard=False, dtype=dtype_policy("auto"),
-        sampler_options=sampler_options, init_weights=weights)
+        sampler_options=sampler_options, init_model=init.body_model)  # lung too
     logging.info("%s: monitor slice RMSE %.1f HU (best epoch %d of %d, %.0f s)", args.region,
                  result.val_slice_rmse_hu, result.best_epoch, result.epochs_run, result.seconds)
     metadata = dict(init.metadata)

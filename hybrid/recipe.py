@@ -719,10 +719,8 @@ def train_cnn(groups: Mapping[str, list], *, split: Split, config: RecipeConfig,
         b = stage.budget[region]
         start = {}
         if warm is not None and region == "lung":
-            init = Path(work) / "lung" / "init_from_body.weights.h5"
-            init.parent.mkdir(parents=True, exist_ok=True)
-            (results["body"].model if "body" in results else kept.body_model).save_weights(str(init))
-            start = {"init_weights": init, "seed": warm["seed"],
+            start = {"init_model": results["body"].model if "body" in results else kept.body_model,
+                     "seed": warm["seed"],
                      "sampler_options": {"min_lung_fraction": warm["min_lung_fraction"]}}
         clear_session()
         results[region] = train_model(

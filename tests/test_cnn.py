@@ -508,8 +508,6 @@ def test_train_model_warm_start_begins_at_the_given_weights(tmp_path, pairs):
     lung_cfg = CNNConfig.for_region("lung", **TINY, patch_size=body_cfg.patch_size)
     source = build_model(body_cfg, seed=7)
     randomize(source, seed=3)
-    init = tmp_path / "init.weights.h5"
-    source.save_weights(str(init))
     seen = []
 
     class AtStart(keras.callbacks.Callback):
@@ -518,11 +516,11 @@ def test_train_model_warm_start_begins_at_the_given_weights(tmp_path, pairs):
 
     train_model(lung_cfg, pairs, out_dir=tmp_path / "lung", epochs=1, steps_per_epoch=1,
                 batch_size=4, val_patches=8, val_slices=0, tensorboard=False,
-                sampler_options={"min_lung_fraction": 0.2}, init_weights=init,
+                sampler_options={"min_lung_fraction": 0.2}, init_model=source,
                 callbacks=[AtStart()])
     want = source.get_weights()
     assert len(seen) == len(want) and all(np.array_equal(a, b) for a, b in zip(seen, want))
-    seen.clear()  # without init_weights: the seeded random start, which differs
+    seen.clear()  # without init_model: the seeded random start, which differs
     train_model(lung_cfg, pairs, out_dir=tmp_path / "cold", epochs=1, steps_per_epoch=1,
                 batch_size=4, val_patches=8, val_slices=0, tensorboard=False,
                 sampler_options={"min_lung_fraction": 0.2}, callbacks=[AtStart()])

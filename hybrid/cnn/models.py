@@ -19,6 +19,7 @@ __all__ = [
     "clear_session",
     "get_strategy",
     "HURootMeanSquaredError",
+    "warm_start",
 ]
 
 
@@ -203,3 +204,46 @@ def predict_hu(model, config: CNNConfig, slices, *, fn=None, noise=None):
     if config.residual:
         return slices + (y - x) * np.float32(config.hu_per_unit)
     return config.denormalize(y)
+
+
+def warm_start(model: keras.Model, source: keras.Model) -> list[str]:
+    """Copy a trained plain model's weights into a noise-aware model of the same layers.
+
+    Every layer of ``model`` with weights takes the weights of ``source``'s layer of the same
+    name.  Where ``model``'s first layer has more input channels (the noise maps of
+    :data:`~hybrid.cnn.config.NOISE_CHANNELS` after the image), the image channel takes the
+    source's kernel and the extra channels start at zero: the warm-started model computes
+    exactly what ``source`` computes, whatever the noise maps, until training moves them.
+
+    Returns the names of the layers copied.  Raises ValueError where a layer is missing
+    from ``source`` or its weights do not fit (another depth, width or kernel size).
+    """
+    copied = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            theirs = source.get_layer(layer.name).get_weights()
+        except ValueError as exc:
+            raise ValueError(f"Cannot warm-start layer {layer.name!r}: the source model "
+                             f"{source.name!r} has no layer of that name.") from exc
+        new = []
+        for mine, other in zip(weights, theirs):
+            if mine.shape == other.shape:
+                new.append(other)
+            elif (mine.ndim == 4 and mine.shape[:2] == other.shape[:2]
+                  and mine.shape[3] == other.shape[3] and mine.shape[2] > other.shape[2]):
+                grown = np.zeros_like(mine)
+                grown[:, :, : other.shape[2], :] = other
+                new.append(grown)
+            else:
+                raise ValueError(f"Cannot warm-start layer {layer.name!r}: weights of shape "
+                                 f"{other.shape} in {source.name!r}, {mine.shape} here. Use a "
+                                 "source of the same depth, width and kernel size.")
+        if len(new) != len(weights):
+            raise ValueError(f"Cannot warm-start layer {layer.name!r}: {len(theirs)} weight "
+                             f"arrays in {source.name!r}, {len(weights)} here.")
+        layer.set_weights(new)
+        copied.append(layer.name)
+    return copied

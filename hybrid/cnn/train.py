@@ -20,7 +20,14 @@ import numpy as np
 
 from hybrid.cnn._tf import keras, tf
 from hybrid.cnn.config import CNNConfig
-from hybrid.cnn.models import build_model, compile_model, get_strategy, predict_hu, set_threads
+from hybrid.cnn.models import (
+    build_model,
+    compile_model,
+    get_strategy,
+    predict_hu,
+    set_threads,
+    warm_start,
+)
 from hybrid.cnn.sampler import PatchSampler, TrainingPair, as_training_pairs, split_pairs
 
 __all__ = [
@@ -341,7 +348,7 @@ def train_model(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     dtype: str | None = None,
-    init_weights: str | os.PathLike | None = None,
+    init_model: keras.Model | None = None,
 ) -> TrainResult:
     """Train one regressor on patches of ``config.region``.
 
@@ -397,9 +404,9 @@ def train_model(
         Keras dtype policy of the layers (:func:`hybrid.cnn.models.build_model`):
         ``"mixed_bfloat16"`` trains 2.5-3x faster on CPUs with native bfloat16
         (AMX/AVX512-BF16); the weights stay float32.  None: float32.
-    init_weights : path, optional
-        A ``.weights.h5`` file of a model of the same architecture to start from (a warm
-        start, e.g. the lung model from the body model); default: seeded random weights.
+    init_model : keras.Model, optional
+        A trained model of the same layers to start from (:func:`~hybrid.cnn.models.warm_start`,
+        e.g. the lung model from the body model); default: seeded random weights.
 
     Returns
     -------
@@ -429,8 +436,8 @@ def train_model(
     strategy = strategy or get_strategy()
     with strategy.scope():
         model = compile_model(build_model(config, seed=seed, dtype=dtype), config)
-        if init_weights is not None:  # a warm start: same architecture, other weights
-            model.load_weights(str(init_weights))
+        if init_model is not None:
+            warm_start(model, init_model)
     cbs = _training_callbacks(
         config,
         files,
