@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     metadata = dict(init.metadata)
     metadata["trained_by"] = ("experiments/continue_body.py " + " ".join(argv or sys.argv[1:])
                               + f" (from {args.init})")
+    other = "body" if args.region == "lung" else "lung"
+    metadata["kept_from_previous_pair"] = [other]
+    metadata["budget"] = dict(metadata.get("budget", {}), **{args.region: {
+        "epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch,
+        "reduce_lr_patience": 8}})
     metadata["monitor"] = dict(metadata.get("monitor", {}), **{args.region: {
         "val_rmse_hu": result.val_rmse_hu, "val_slice_rmse_hu": result.val_slice_rmse_hu,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,

@@ -164,7 +164,8 @@ def noise_aware_rule(samples: Sequence[tuple]) -> tuple[Any, dict[str, Any], lis
 
 
 def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
-                      patients: Sequence[str], config: Any, noise_aware: Any = None):
+                      patients: Sequence[str], config: Any, noise_aware: Any = None,
+                      input_cases: Sequence[Any] | None = None):
     """Calibrate the blender on ``cases`` (the calibration patients') with these models.
 
     ``config`` is the :class:`hybrid.recipe.RecipeConfig`.  ``calibration`` records the
@@ -174,7 +175,9 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
     ``dictionary`` None: no dictionary rule.  ``noise_aware``: a noise-aware CNN pair
     weighed against ``cnn`` by the noise ratio (:func:`noise_aware_rule`, at the input
     rule's doses; needs an ``input_rule``).  The input rule is fitted over the CNN's
-    proposal (joined with the noise-aware pair's by its rule), the product's default path.
+    proposal (joined with the noise-aware pair's by its rule), the product's default path,
+    on ``input_cases`` (default ``cases``; :func:`hybrid.recipe.input_rule_cases`), whose
+    patients it records.
     """
     from hybrid.blend import Blender, calibrate
 
@@ -202,7 +205,8 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
     if stage.input_rule:
         rule = stage.input_rule
         ref = rule.get("thickness_reference_mm")
-        in_samples = input_rule_samples(cases, cnn, doses=rule["doses"],
+        in_cases = cases if input_cases is None else list(input_cases)
+        in_samples = input_rule_samples(in_cases, cnn, doses=rule["doses"],
                                         slices_per_case=int(rule["slices_per_case"]),
                                         noise_aware=noise_aware, thickness_reference_mm=ref)
         if noise_aware is not None:
@@ -213,7 +217,9 @@ def calibrate_blender(cases: Sequence[Any], cnn: Any, dictionary: Any, *,
         info = dict(b_in.calibration)  # calibrate() names the base "cnn", the candidate "dictionary"
         info["rmse_without_input_hu"] = info.pop("rmse_cnn_hu")
         info["rmse_input_hu"] = info.pop("rmse_dictionary_hu")
-        calibration["input"] = dict(info, doses=list(rule["doses"]),
+        calibration["input"] = dict(info, patients=list(dict.fromkeys(
+                                        getattr(c, "patient_id", None) for c in in_cases)),
+                                    doses=list(rule["doses"]),
                                     slices_per_case=int(rule["slices_per_case"]),
                                     samples=len(in_samples))
         if ref is not None:  # the Enhancer reads the ratio as it was calibrated

@@ -44,6 +44,28 @@ def test_split_file_held_out_disjoint_from_training():
     assert not set(split.held_out_patients) & set().union(*seen.values())
 
 
+def test_the_input_rule_is_fitted_on_the_calibration_and_the_listed_training_patients():
+    split = recipe.Split(held_out=("H",), calibration=("C",))
+    cases = [SimpleNamespace(patient_id=p, case_id=p) for p in ("X1", "C", "H", "X2", "X3")]
+    groups = recipe.assign_cases(cases, split)
+    cfg = recipe.load_config("shipped")
+
+    def rule(patients):
+        return dataclasses.replace(cfg, blender=dataclasses.replace(
+            cfg.blender, input_rule=dict(cfg.blender.input_rule, patients=patients)))
+
+    # listed training patients join the calibration ones, in the cases' order; a held-out
+    # one (a CV fold's test patient) is left out, never fitted on
+    got = recipe.input_rule_cases(groups, split, rule(["X3", "X1", "H"]))
+    assert [c.patient_id for c in got] == ["X1", "C", "X3"]
+    plain = dataclasses.replace(cfg, blender=dataclasses.replace(
+        cfg.blender, input_rule={k: v for k, v in cfg.blender.input_rule.items()
+                                 if k != "patients"}))
+    assert [c.patient_id for c in recipe.input_rule_cases(groups, split, plain)] == ["C"]
+    with pytest.raises(ValueError, match=r"input_rule.patients.*\['Y'\].*make data"):
+        recipe.input_rule_cases(groups, split, rule(["X1", "Y"]))
+
+
 def test_split_names_patients_of_the_dataset():
     manifest = REPO / "data" / "manifest.json"
     if not manifest.exists():
@@ -105,36 +127,48 @@ def test_shipped_config_is_what_the_shipped_models_were_built_with():
     assert cal["input"]["thickness_reference_mm"] == cfg.blender.input_rule["thickness_reference_mm"]
 
 
-def test_the_recipe_named_in_the_shipped_body_models_provenance_is_the_shipped_one():
-    # the shipped body weights were made with `--config blind_unet`; that file is kept as their
-    # provenance, so it must not drift from shipped.json (the one place of the recipe)
+def test_the_recipes_named_in_the_shipped_pairs_provenance_make_the_shipped_cnn_stage():
+    # the shipped pair was made in two runs, each named in its metadata: the body model with
+    # `--config blind_unet`, the lung model from it with the settings of lung_warm_start.json.
+    # Those files are kept as that provenance, so they must not drift from shipped.json (the
+    # one place of the recipe): the body settings of the first, the whole CNN stage of the
+    # second (their blenders are older: make calibrate reads shipped.json's)
     from hybrid.artifacts import default_asset_paths
 
-    meta = json.loads((default_asset_paths()["cnn"] / "metadata.json").read_text())
-    assert "--config blind_unet" in meta["metadata"]["trained_by"]
-    assert recipe.load_config("blind_unet") == recipe.load_config("shipped")
+    meta = json.loads((default_asset_paths()["cnn"] / "metadata.json").read_text())["metadata"]
+    cmd = meta["trained_by"]
+    assert "--config blind_unet" in cmd and "lung_warm_start.json" in cmd
+    assert meta["kept_from_previous_pair"] == ["body"] and meta["lung_warm_start"]
+    shipped, body = recipe.load_config("shipped"), recipe.load_config("blind_unet")
+    assert body.cnn.budget["body"] == shipped.cnn.budget["body"]
+    assert dataclasses.replace(body.cnn, lung=shipped.cnn.lung, budget=shipped.cnn.budget,
+                               lung_warm_start=shipped.cnn.lung_warm_start) == shipped.cnn
+    assert body.dictionary == shipped.dictionary and body.seed == shipped.seed
+    assert recipe.load_config("lung_warm_start").cnn == shipped.cnn
 
 
 def test_the_lung_warm_start_checkpoint_was_made_by_its_recipe():
-    # experiments/checkpoints/lung_unet (measured, not shipped) is the shipped body model and a
-    # lung model started from it; its command and the recipe lung_warm_start.json must name the
-    # same settings, and that recipe must be the shipped one but for the lung model
+    # experiments/checkpoints/lung_unet (the shipped pair since 2026-12-06, copied to
+    # hybrid/assets/cnn) is the body model of `--config blind_unet` and a lung model started
+    # from it; its command and the recipe lung_warm_start.json must name the same settings
+    from hybrid.artifacts import default_asset_paths
     from hybrid.cnn.config import CNNConfig
 
     folder = REPO / "experiments" / "checkpoints" / "lung_unet" / "model"
     meta = json.loads((folder / "metadata.json").read_text())["metadata"]
-    warm_cfg, shipped = recipe.load_config("lung_warm_start"), recipe.load_config("shipped")
-    cnn = warm_cfg.cnn
+    cnn = recipe.load_config("lung_warm_start").cnn
     warm, budget = cnn.lung_warm_start, cnn.budget["lung"]
     assert meta["lung_warm_start"] == warm
+    assert {k: v for k, v in meta["budget"]["lung"].items() if k in budget} == budget
     cmd = meta["trained_by"]
     assert "continue_body.py --region lung" in cmd and "--config blind_unet" in cmd
     assert f"--epochs {budget['epochs']}" in cmd and f"--batch {budget['batch_size']}" in cmd
     assert f"--seed {warm['seed']}" in cmd
     assert float(re.search(r"--lr (\S+)", cmd).group(1)) == cnn.lung["learning_rate"]
     assert CNNConfig.from_json(folder / "lung.config.json") == CNNConfig.from_dict(cnn.lung)
-    assert warm_cfg.with_cnn(lung=None, budget=shipped.cnn.budget, lung_warm_start=None) == \
-        shipped.with_cnn(lung=None)
+    shipped = default_asset_paths()["cnn"]
+    for name in ("lung.weights.h5", "lung.config.json", "body.weights.h5", "manifest.json"):
+        assert (folder / name).read_bytes() == (shipped / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("change, match", [
@@ -155,9 +189,12 @@ def test_lung_warm_start_needs_the_body_models_architecture(tmp_path):
     data["recipe"]["cnn"]["lung"]["width"] = 24
     with pytest.raises(ValueError, match="differ in \\['width'\\]"):
         recipe.load_config(_write(tmp_path / "bad.json", data))
-    data["recipe"]["cnn"]["lung"] = None  # None: the shipped lung model's, a plain stack
+    # a plain-stack lung model under a U-Net body (the shipped pair until 2026-12-06)
+    data["recipe"]["cnn"]["lung"] = recipe.config_sections("blind_unet")["recipe"]["cnn"]["lung"]
     with pytest.raises(ValueError, match="architecture"):
         recipe.load_config(_write(tmp_path / "bad.json", data))
+    data["recipe"]["cnn"]["lung"] = None  # None: the shipped lung model's, the body's architecture
+    assert recipe.load_config(_write(tmp_path / "ok.json", data)).cnn.lung_warm_start
 
 
 def test_variant_search_families_hold_the_shipped_pair_and_large_context_rivals():
@@ -177,10 +214,19 @@ def test_variant_search_families_hold_the_shipped_pair_and_large_context_rivals(
     variants = [v for fam in families for v in fam["variants"]]
     assert len(variants) >= 12 and {fam["region"] for fam in families} == set(recipe.REGIONS)
     shipped = recipe.load_config("shipped").cnn
+    assert shipped.lung_warm_start  # the lung model starts from the trained body model's weights:
+    # not a from-scratch variant; its architecture is the body's (the body family holds it,
+    # checked in the loop with the lung's own patch size and learning rate set aside) and the
+    # lung family keeps the search's from-scratch winner, the plain 6 x 24 stack
+    lung_names = {v["name"] for v in variants if v["config"].region == "lung"}
+    assert "lung-plain-6x24" in lung_names and len(lung_names) >= 4
     for region in recipe.REGIONS:
         want = CNNConfig.from_dict(getattr(shipped, region)).to_dict()
-        mine = [v["config"].to_dict() for v in variants if v["config"].region == region]
-        assert {**want, "name": None} in [{**c, "name": None} for c in mine], region
+        search_region = "body" if region == "lung" else region
+        mine = [v["config"].to_dict() for v in variants if v["config"].region == search_region]
+        setting = ("name", "region", "learning_rate") if region == "lung" else ("name",)
+        assert {**want, **dict.fromkeys(setting)} in [
+            {**c, **dict.fromkeys(setting)} for c in mine], region
     unets = [v["config"] for v in variants if v["config"].architecture == "unet"]
     assert unets and min(c.receptive_field for c in unets) >= 100
     assert len(load_families(VARIANTS_DIR / "plain_2026-11-25")[0]["variants"]) == 10
@@ -189,7 +235,7 @@ def test_variant_search_families_hold_the_shipped_pair_and_large_context_rivals(
 def test_config_budget_override():
     cfg = recipe.load_config("cv").with_budget(epochs=7, steps_per_epoch=None)
     assert {b["epochs"] for b in cfg.cnn.budget.values()} == {7}
-    assert cfg.cnn.budget["lung"]["steps_per_epoch"] == 100
+    assert cfg.cnn.budget["lung"]["steps_per_epoch"] == 250
 
 
 @pytest.mark.parametrize("where, change, match", [
@@ -202,6 +248,7 @@ def test_config_budget_override():
     ("blender", {"strid": 2}, "strid"),
     ("blender.input_rule", {"thickness_mm": 2.0}, "thickness_mm"),
     ("blender.input_rule", {"thickness_reference_mm": 0}, "thickness_reference_mm"),
+    ("blender.input_rule", {"patients": "P01"}, "patients"),
 ])
 def test_config_refuses_unknown_keys(tmp_path, where, change, match):
     data = recipe.config_sections("shipped")
@@ -294,7 +341,7 @@ def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):
 
     cases, split, models, out = tiny
     cfg = _tiny_config()
-    rule = dict(cfg.blender.input_rule, thickness_reference_mm=2.0)
+    rule = dict(cfg.blender.input_rule, thickness_reference_mm=2.0, patients=["T1", "T0"])
     cfg = dataclasses.replace(cfg, blender=dataclasses.replace(cfg.blender, input_rule=rule))
     again = recipe.train_from_cases(cases, split=split, config=cfg, stages=("blender",),
                                     out={"blender": out / "blend.json"}, keep=models)
@@ -303,7 +350,9 @@ def test_tiny_recipe_blender_records_what_it_was_calibrated_with(tiny):
     assert b.calibrated_with["cnn"] == models.cnn.digest
     if getattr(models.dictionary, "digest", None):
         assert b.calibrated_with["dictionary"] == models.dictionary.digest
-    assert b.calibration["patients"] == ["T2"]
+    assert b.calibration["patients"] == ["T2"]  # the dictionary rule: calibration patients only
+    # the input rule: also the listed training patient T1, not the held-out T0
+    assert b.calibration["input"]["patients"] == ["T1", "T2"]
     assert b.calibration["input"]["thickness_reference_mm"] == 2.0  # read back by the Enhancer
     assert tuple(np.atleast_1d(b.calibration["stride"])) == tuple(
         np.atleast_1d(_tiny_config().blender.stride))

@@ -400,9 +400,9 @@ def _run_fold_isolated(args: tuple, kwargs: dict) -> tuple:
 def _record(config: RecipeConfig, cv: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of a run as its fold log and summary record them, with the CNN
     configurations the folds train (the shipped pair's where the recipe names none)."""
-    from hybrid.recipe import _cnn_configs
+    from hybrid.recipe_config import cnn_configs
 
-    cnn = {region: c.to_dict() for region, c in _cnn_configs(config.cnn).items()}
+    cnn = {region: c.to_dict() for region, c in cnn_configs(config.cnn).items()}
     return json.loads(json.dumps({"recipe": config.to_dict(), "cv": dict(cv), "cnn_configs": cnn},
                                  default=_json_default))
 
