@@ -75,6 +75,12 @@ def test_split_names_patients_of_the_dataset():
     for kind, patients in split.held_out.items():
         assert all(ids.get(p) == kind for p in patients)
     assert set(split.calibration) <= set(ids)
+    # the input rule's extra patients (make calibrate, every CV fold) are training patients
+    # of this dataset: a held-out one would be fitted on, a missing one stops make calibrate
+    for name in ("shipped", "cv"):
+        listed = set(recipe.load_config(name).blender.input_rule["patients"])
+        assert listed <= set(ids) and not listed & set(split.held_out_patients), name
+        assert not listed & set(split.calibration), name  # listed once, with the calibration ones
 
 
 def test_split_missing_file_and_bad_keys(tmp_path):
