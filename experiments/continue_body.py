@@ -36,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+REDUCE_LR_PATIENCE = 8
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train_model(
         config, pairs, val_pairs=monitor, out_dir=args.out.parent / args.region,
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, val_slices=8,
-        val_patches=512, patience=args.epochs, reduce_lr_patience=8, seed=args.seed,
+        val_patches=512, patience=args.epochs, reduce_lr_patience=REDUCE_LR_PATIENCE, seed=args.seed,
         threads=args.threads, tensorboard=False, dtype=dtype_policy("auto"),
         sampler_options=sampler_options, init_model=init.body_model)  # lung too
     logging.info("%s: monitor slice RMSE %.1f HU (best epoch %d of %d, %.0f s)", args.region,
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     metadata["kept_from_previous_pair"] = [other]
     metadata["budget"] = dict(metadata.get("budget", {}), **{args.region: {
         "epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch,
-        "reduce_lr_patience": 8}})
+        "reduce_lr_patience": REDUCE_LR_PATIENCE}})
     metadata["monitor"] = dict(metadata.get("monitor", {}), **{args.region: {
         "val_rmse_hu": result.val_rmse_hu, "val_slice_rmse_hu": result.val_slice_rmse_hu,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,

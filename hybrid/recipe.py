@@ -194,7 +194,7 @@ def train(
     stages, _ = _check_stages(stages, regions)
     held = set(split.held_out_patients)
     need_all = "cnn" in stages or "dictionary" in stages
-    blender = set(split.calibration) | set((config.blender.input_rule or {}).get("patients", ()))
+    blender = _listed_input_patients(split, config) | set(split.calibration)
     cases = [load_case(path) for entry, path in iter_cases(cases_root)
              if entry["patient_id"] not in held and (need_all or entry["patient_id"] in blender)]
     if not cases:
@@ -321,6 +321,12 @@ def assign_cases(cases: Iterable[Any], split: Split) -> dict[str, list]:
     return out
 
 
+def _listed_input_patients(split: Split, config: RecipeConfig) -> set[str]:
+    """``blender.input_rule.patients`` without the held-out ones."""
+    listed = (config.blender.input_rule or {}).get("patients", ())
+    return set(listed) - set(split.held_out_patients)
+
+
 def input_rule_cases(groups: Mapping[str, list], split: Split, config: RecipeConfig) -> list:
     """The cases the blender's input rule is fitted on: the calibration patients' and those
     of ``blender.input_rule.patients`` (training patients; a held-out one is left out), in
@@ -332,8 +338,7 @@ def input_rule_cases(groups: Mapping[str, list], split: Split, config: RecipeCon
         Where a listed patient is neither held out nor among the cases (the dataset lacks
         it: ``make data``).
     """
-    listed = set((config.blender.input_rule or {}).get("patients", ())) - set(
-        split.held_out_patients)
+    listed = _listed_input_patients(split, config)
     absent = sorted(listed - {c.patient_id for c in groups["cnn"]})
     if absent:
         raise ValueError(f"Expected cases of the input rule's patients (recipe config "
