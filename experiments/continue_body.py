@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = assign_cases(cases, split)
     pairs, monitor = training_pairs(groups)
     if args.smooth_variants:
-        pairs += _smooth_variants(groups["cnn"])
+        pairs += kernel_variants(groups["cnn"])
     init = CNNPair.load(args.init)
     config = dataclasses.replace(init.body_config, learning_rate=args.lr)
     sampler_options = None
@@ -119,22 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(metadata["monitor"][args.region], indent=1))
 
 
-def _smooth_variants(cases) -> list:
-    """Each standard-kernel case re-filtered to the smooth kernel, nominal and aug dose (FBP
-    is linear: the low dose's noise is re-filtered with its anatomy, as a smooth-kernel
-    reconstruction of the same projections would make it)."""
+def kernel_variants(cases, to_kernel: str = "smooth", kinds: tuple[str, ...] | None = None) -> list:
+    """Each standard-kernel case (of ``kinds``, default every kind) re-filtered to ``to_kernel``,
+    nominal and aug dose (FBP is linear: the low dose's noise is re-filtered with its anatomy,
+    as a reconstruction of the same projections with that kernel would make it)."""
     from hybrid.cnn.sampler import TrainingPair
     from hybrid.physics import convert_kernel
 
     out = []
     for case in cases:
-        if case.meta.get("kernel") != "standard":
+        if case.meta.get("kernel") != "standard" or (kinds is not None and case.kind not in kinds):
             continue
-        nd = convert_kernel(case.nd, "standard", "smooth")
+        nd = convert_kernel(case.nd, "standard", to_kernel)
         for tag, uld in (("", case.uld.array), ("~aug", case.uld_aug)):
-            out.append(TrainingPair(convert_kernel(uld, "standard", "smooth"), nd, case.lung_mask,
-                                    case.body_mask, case.case_id + "~smooth" + tag))
-    logging.info("smooth variants: %d pairs from %d standard-kernel cases", len(out), len(out) // 2)
+            out.append(TrainingPair(convert_kernel(uld, "standard", to_kernel), nd, case.lung_mask,
+                                    case.body_mask, f"{case.case_id}~{to_kernel}{tag}"))
+    logging.info("%s variants: %d pairs from %d standard-kernel cases", to_kernel, len(out), len(out) // 2)
     return out
 
 
