@@ -3,12 +3,13 @@
 The CNN stage trains on two sources: the procedural phantoms (``hybrid.phantom``, 12 patients,
 11 of them in training: P12 is held out) and the real CT of ``../shared/data/ct`` (the rest).  This
 script trains the shipped body U-Net (its configuration, from scratch, seed 0) at one short
-budget on every source, on the phantoms only and on the real cases only, and on the real
-cases with their re-filtered smooth and sharp variants (alone and with the phantoms: every
-real training case has the standard kernel), and scores each
-(the shipped lung model kept, so that only the body model differs) on the held-out patients and
-on the real quarter-dose pairs (check only, never trained or tuned on).  The same budget for
-every run: the comparison is between data, not a claim about the shipped model.
+budget on every source, on the phantoms only, on the real cases only, and on the real cases
+with their re-filtered smooth and sharp variants, alone and with the phantoms (every real
+training case has the standard kernel); a second seed of the first run measures the spread.
+It scores each (the shipped lung model kept, so that only the body model differs) on the
+held-out patients and on the real quarter-dose pairs (check only, never trained or tuned on).
+The same budget for every run: the comparison is between data, not a claim about the shipped
+model.
 
     python experiments/data_sources.py train --sources all --out experiments/runs/sources/all
     python experiments/data_sources.py train --sources phantom --out experiments/runs/sources/phantom
@@ -17,8 +18,9 @@ every run: the comparison is between data, not a claim about the shipped model.
         --out experiments/runs/sources/real+kernels
     python experiments/data_sources.py train --sources all --kernel-variants \\
         --out experiments/runs/sources/all+kernels
+    python experiments/data_sources.py train --sources all --seed 1 --out experiments/runs/sources/all-seed1
     python experiments/data_sources.py score experiments/runs/sources/{all,phantom,real} \\
-        experiments/runs/sources/{real,all}+kernels \\
+        experiments/runs/sources/{real,all}+kernels experiments/runs/sources/all-seed1 \\
         --out experiments/results/data_sources
 
 ``train`` logs each source's share of the training data (the sampler draws training pairs in equal
@@ -78,7 +80,7 @@ def _train(args) -> None:
     result = train_model(
         config, pairs, val_pairs=monitor, out_dir=args.out.parent / (args.out.name + "-work"),
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, val_slices=8,
-        val_patches=512, patience=args.epochs, reduce_lr_patience=args.epochs, seed=0,
+        val_patches=512, patience=args.epochs, reduce_lr_patience=args.epochs, seed=args.seed,
         threads=args.threads, tensorboard=False, dtype=dtype_policy("auto"))
     metadata = dict(init.metadata)
     metadata["trained_by"] = "experiments/data_sources.py train " + " ".join(sys.argv[2:])
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--steps", type=int, default=250)
     t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--seed", type=int, default=0,
+                   help="weights and patch seed (a second seed of one source measures the spread)")
     t.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("score")
     s.add_argument("pairs", nargs="+", type=Path)
