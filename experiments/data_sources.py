@@ -47,6 +47,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"all": ("phantom", "real"), "phantom": ("phantom",), "real": ("real",)}
+VARIANT_KERNELS = ("smooth", "sharp")  # --kernel-variants: the real cases re-filtered to these
 
 
 def _train(args) -> None:
@@ -61,20 +62,16 @@ def _train(args) -> None:
     groups = assign_cases(cases, split)
     kinds = SOURCES[args.sources]
     groups = dict(groups, cnn=[c for c in groups["cnn"] if c.kind in kinds])
-    shares = _shares(groups["cnn"])
+    variants = VARIANT_KERNELS if args.kernel_variants else ()
+    shares = _shares(groups["cnn"], variants)
     logging.info("training data by source: %s", json.dumps(shares))
     pairs, monitor = training_pairs(groups)
-    if args.kernel_variants:
+    if variants:
         sys.path.insert(0, str(ROOT / "experiments"))
         from continue_body import kernel_variants
 
-        for kernel in ("smooth", "sharp"):
+        for kernel in variants:
             pairs += kernel_variants(groups["cnn"], kernel, kinds=("real",))
-        shares["real"]["kernel_variants"] = ["smooth", "sharp"]
-        n = sum(v["cases"] * (3 if "kernel_variants" in v else 1) for v in shares.values())
-        for v in shares.values():
-            v["patch_share"] = round(v["cases"] * (3 if "kernel_variants" in v else 1) / n, 3)
-        logging.info("with the real cases' kernel variants: %s", json.dumps(shares))
     init = CNNPair.load(args.init)
     config = dataclasses.replace(init.body_config, name=f"body-unet-{args.sources}")
     result = train_model(
@@ -94,29 +91,35 @@ def _train(args) -> None:
                  result.val_slice_rmse_hu, result.best_epoch, result.seconds)
 
 
-def _shares(cases) -> dict:
+def _shares(cases, variant_kernels: tuple[str, ...] = ()) -> dict:
     """Patients, cases and slices of each source among ``cases``, and its share of the patches
     (the sampler draws each training pair, a case at one dose, in equal shares: a one-slice
-    case weighs as much as a 141-slice series)."""
+    case weighs as much as a 141-slice series).  With ``variant_kernels`` each standard-kernel
+    real case also counts once per re-filtered variant (:func:`continue_body.kernel_variants`)."""
     out: dict = {}
     for kind in ("phantom", "real"):
         mine = [c for c in cases if c.kind == kind]
         out[kind] = {"patients": len({c.patient_id for c in mine}), "cases": len(mine),
                      "slices": int(sum(c.nd.shape[0] for c in mine)),
                      "case_ids": [c.case_id for c in mine]}
-    n = sum(v["cases"] for v in out.values())
-    for v in out.values():
-        v["patch_share"] = round(v["cases"] / n, 3) if n else 0.0
+        if kind == "real" and variant_kernels:
+            out[kind]["kernel_variants"] = list(variant_kernels)
+    refiltered = sum(c.kind == "real" and c.meta.get("kernel") == "standard" for c in cases)
+    weight = {k: v["cases"] + (len(variant_kernels) * refiltered if k == "real" else 0)
+              for k, v in out.items()}
+    n = sum(weight.values())
+    for k, v in out.items():
+        v["patch_share"] = round(weight[k] / n, 3) if n else 0.0
     return out
 
 
 def _score(args) -> None:
     sys.path.insert(0, str(ROOT / "experiments"))
     from compare_cnn import _real_pairs
+    from lung_model_check import region_rmse
 
     from hybrid.cnn.infer import CNNPair
     from hybrid.data import iter_cases, load_case
-    from hybrid.lung import segment
     from hybrid.recipe import load_split
 
     held = set(load_split().held_out_patients)
@@ -125,15 +128,7 @@ def _score(args) -> None:
     for folder in args.pairs:
         pair = CNNPair.load(folder)
         name = folder.name
-        rows = {}
-        for c in cases:
-            z = c.nd.shape[0]
-            sl = slice(max(0, z // 2 - args.slices // 2), z // 2 + (args.slices + 1) // 2)
-            uld, nd, body = c.uld.array[sl].astype(np.float32), c.nd[sl], c.body_mask[sl]
-            lung = c.lung_mask[sl] & body
-            y = pair.propose(uld, lung_mask=segment(c.uld.array, spacing=c.uld.spacing)[sl]).image
-            rows[c.case_id] = {k: float(np.sqrt(np.mean((y[m] - nd[m]) ** 2)))
-                               for k, m in (("body", body), ("lungs", lung), ("outside", body & ~lung))}
+        rows = {c.case_id: region_rmse(pair, c, args.slices) for c in cases}
         result[name] = {"heldout_2pct": rows, "real_pairs": _real_pairs(pair),
                         "sources": pair.metadata.get("sources"),
                         "monitor": pair.metadata.get("monitor")}

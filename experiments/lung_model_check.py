@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from hybrid.cnn.infer import CNNPair
     from hybrid.data import iter_cases, load_case
-    from hybrid.lung import segment
     from hybrid.recipe import load_split
 
     held = set(load_split().held_out_patients)
@@ -39,21 +38,41 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.pairs:
         pair = CNNPair.load(folder)
         for c in cases:
-            z = c.nd.shape[0]
-            sl = slice(max(0, z // 2 - args.slices // 2), z // 2 + (args.slices + 1) // 2)
-            uld, nd = c.uld.array[sl].astype(np.float32), c.nd[sl]
-            body = c.body_mask[sl]
-            lung = c.lung_mask[sl] & body
-            routes = {"as the product": segment(c.uld.array, spacing=c.uld.spacing)[sl],
-                      "body model everywhere": np.zeros_like(body),
+            body = c.body_mask[_central(c, args.slices)]
+            routes = {"as the product": None, "body model everywhere": np.zeros_like(body),
                       "lung model everywhere": body.copy()}
             for name, mask in routes.items():
-                y = pair.propose(uld, lung_mask=mask).image
-                rmse = [float(np.sqrt(np.mean((y[m] - nd[m]) ** 2))) for m in (body, lung, body & ~lung)]
+                rmse = region_rmse(pair, c, args.slices, lung_mask=mask)
                 print(f"| {folder.name if folder.name != 'model' else folder.parent.name} | "
-                      f"{c.case_id} | {name} | " + " | ".join(f"{v:.2f}" for v in rmse) + " |",
+                      f"{c.case_id} | {name} | " + " | ".join(f"{v:.2f}" for v in rmse.values()) + " |",
                       flush=True)
     return 0
+
+
+def _central(case, n: int) -> slice:
+    """``case``'s ``n`` central slices (:func:`hybrid.evaluate.cases.central_slices`)."""
+    from hybrid.evaluate.cases import central_slices
+
+    idx = central_slices(case.nd.shape[0], n)
+    return slice(idx[0], idx[-1] + 1)
+
+
+def region_rmse(pair, case, n_slices: int, lung_mask=None) -> dict[str, float]:
+    """RMSE (HU) of ``pair``'s proposal against the normal dose on ``case``'s ``n_slices``
+    central slices at its nominal low dose: ``{"body", "lungs", "outside"}`` (the case's body
+    and lung masks).  The pixels are routed by ``lung_mask`` (on those slices), by default as
+    the product does: the lung mask segmented from the input."""
+    from hybrid.lung import segment
+
+    sl = _central(case, n_slices)
+    uld, nd = case.uld.array[sl].astype(np.float32), case.nd[sl]
+    body = case.body_mask[sl]
+    lung = case.lung_mask[sl] & body
+    if lung_mask is None:
+        lung_mask = segment(case.uld.array, spacing=case.uld.spacing)[sl]
+    y = pair.propose(uld, lung_mask=lung_mask).image
+    return {k: float(np.sqrt(np.mean((y[m] - nd[m]) ** 2)))
+            for k, m in (("body", body), ("lungs", lung), ("outside", body & ~lung))}
 
 
 if __name__ == "__main__":

@@ -45,6 +45,12 @@ def test_patch_shares_follow_the_sampler(cases):
                                  "patch_share": 0.4}
     assert shares["real"]["patients"] == 2 and shares["real"]["slices"] == 5
     assert shares["real"]["patch_share"] == 0.6
+    # with the real cases' smooth and sharp variants each of the 3 real standard-kernel cases
+    # counts 3 times: 9 of 11
+    shares = _load("data_sources")._shares(cases, ("smooth", "sharp"))
+    assert shares["real"]["patch_share"] == round(9 / 11, 3)
+    assert shares["phantom"]["patch_share"] == round(2 / 11, 3)
+    assert shares["real"]["kernel_variants"] == ["smooth", "sharp"]
 
 
 def test_kernel_variants_refilter_standard_cases_of_the_kinds_asked(cases):
